@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny real models and tokenizers built in-process (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "data" / "samples"
+
+torch.set_num_threads(1)  # tests run beside other work on 2 cores; one thread keeps timings sane
+
+
+def az_sentences(n: int = 2000) -> list[str]:
+    """Real Azerbaijani sentences from the shipped NTREX-128 sample."""
+    lines = (SAMPLES / "parallel" / "ntrex128.az.txt").read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if line.strip()][:n]
+
+
+def en_sentences(n: int = 2000) -> list[str]:
+    """The English side of the same NTREX-128 sample."""
+    lines = (SAMPLES / "parallel" / "ntrex128.en.txt").read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if line.strip()][:n]
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}### Təlimat:\n{{ m['content'] }}\n\n"
+    "{% else %}### Cavab:\n{% generation %}{{ m['content'] }}{{ eos_token }}{% endgeneration %}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}### Cavab:\n{% endif %}"
+)
+
+
+def build_tokenizer(vocab_size: int = 512):
+    """A byte-fallback BPE tokenizer trained on the Azerbaijani and English samples, in HF format."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False)
+    tok.train_from_iterator(az_sentences(1500) + en_sentences(500), trainer)
+    spec = json.loads(tok.to_str())  # byte tokens join the vocab as ordinary tokens, as in Llama's
+    vocab = spec["model"]["vocab"]
+    for i in range(256):
+        vocab.setdefault(f"<0x{i:02X}>", len(vocab))
+    tok = Tokenizer.from_str(json.dumps(spec))
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    hf.chat_template = CHAT_TEMPLATE
+    return hf
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """A saved tiny tokenizer (with a chat template)."""
+    path = tmp_path_factory.mktemp("tokenizer")
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A saved, randomly initialised 2-layer Llama with the tiny tokenizer beside it."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    path = tmp_path_factory.mktemp("llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """Write test rows as JSONL (tests build their inputs with this)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
