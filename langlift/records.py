@@ -59,6 +59,6 @@ def validate(kind: str, rec: dict[str, Any], path: object, line: int | None) -> 
 
 def make(kind: str, source: str, **fields: Any) -> dict[str, Any]:
     """Build a record of ``kind`` with its id first and ``source`` last."""
-    rec = {f: fields.pop(f, "") for f in KINDS[kind]["text"] + KINDS[kind]["optional"] + KINDS[kind]["lang"]}
+    rec = {f: fields.pop(f, "") for f in content_fields(kind) + KINDS[kind]["lang"]}
     rec = {"id": record_id(kind, rec), **rec, "source": source, **fields}
     return rec

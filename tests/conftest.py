@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data" / "samples"
+
+# Nothing in the tests may reach the hub: a hub id must fail fast with langlift's own error.
+for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(var, "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 torch.set_num_threads(1)  # tests run beside other work on 2 cores; one thread keeps timings sane
 

@@ -1,0 +1,51 @@
+"""split: hash-based train/val/test for instructions, train/val for the corpus, and the parallel test set."""
+
+from __future__ import annotations
+
+import click
+
+from langlift import params as P
+from langlift import split as S
+from langlift.cli import run_stage
+from langlift.errors import LangliftError
+from langlift.io import write_json, write_jsonl
+
+
+@click.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True, help="Params file.")
+@run_stage
+def main(params_path: str) -> None:
+    """Split the cleaned data; no id or translation group lands in two splits."""
+    params = P.load(params_path)
+    cfg = P.section(params, "split", params_path)
+    lang = P.section(params, "language", params_path)["code"]
+    seed = int(params.get("seed", 0))
+
+    instructions = S.split_instructions(
+        S.read_records("data/clean/instructions.jsonl", "instructions"), lang, seed,
+        float(cfg["val"]), float(cfg["test"]), float(cfg["english_share"]),
+    )
+    S.check_disjoint(instructions)
+    if not instructions["train"]:
+        raise LangliftError(
+            f"data/clean/instructions.jsonl has no '{lang}' instruction records for training: "
+            "the translate (or generate) stage must produce target-language records"
+        )
+    corpus = S.split_corpus(S.read_records("data/clean/corpus.jsonl", "corpus"), seed, float(cfg["corpus_val"]))
+    pairs = S.parallel_test(S.read_records("data/raw/parallel.jsonl", "parallel"), lang, seed,
+                            int(cfg["parallel_test_max"]))
+
+    for name, recs in instructions.items():
+        write_jsonl(f"data/split/{name}.jsonl", recs)
+    for name, recs in corpus.items():
+        write_jsonl(f"data/split/corpus_{name}.jsonl", recs)
+    write_jsonl("data/split/parallel_test.jsonl", pairs)
+    metrics = {"instructions": S.summary(instructions, lang),
+               "corpus": {name: len(recs) for name, recs in corpus.items()},
+               "parallel_test": len(pairs)}
+    write_json("metrics/split.json", metrics)
+    click.echo(f"instructions {metrics['instructions']} corpus {metrics['corpus']} parallel_test {len(pairs)}")
+
+
+if __name__ == "__main__":
+    main()

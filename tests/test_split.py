@@ -1,0 +1,90 @@
+"""split: deterministic, stable under additions, leak-free, with the configured English share."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import write_jsonl
+
+from langlift import records
+from langlift import split as S
+from langlift.errors import DataError, LangliftError
+
+
+def pairs(n: int, start: int = 0) -> list[dict]:
+    """English records and their Azerbaijani translations, joined by source_id."""
+    out = []
+    for i in range(start, start + n):
+        en = records.make("instructions", "alpaca", instruction=f"Count to {i}.", output=f"1..{i}", lang="en")
+        az = records.make("instructions", "tm", instruction=f"{i}-ə qədər say.", output=f"1..{i}", lang="az",
+                          source_id=en["id"])
+        out += [en, az]
+    return out
+
+
+def ids(splits):
+    return {name: {r["id"] for r in recs} for name, recs in splits.items()}
+
+
+def test_split_is_deterministic_and_leak_free():
+    recs = pairs(2000)
+    a = S.split_instructions(recs, "az", 1, 0.1, 0.1, 0.1)
+    b = S.split_instructions(list(reversed(recs)), "az", 1, 0.1, 0.1, 0.1)
+    assert ids(a) == ids(b)
+    S.check_disjoint(a)
+    test_groups = {S.group_key(r) for r in a["test"] + a["val"]}
+    assert not any(S.group_key(r) in test_groups for r in a["train"]), "a translation's source leaked into train"
+    assert all(r["lang"] == "az" for r in a["val"] + a["test"])
+    assert 150 <= len(a["test"]) <= 250 and 150 <= len(a["val"]) <= 250
+
+
+def test_adding_records_moves_none_of_the_old_ones():
+    before = S.split_instructions(pairs(1000), "az", 7, 0.1, 0.1, 0.0)
+    after = S.split_instructions(pairs(1000) + pairs(500, start=1000), "az", 7, 0.1, 0.1, 0.0)
+    for name in before:
+        assert ids(before)[name] <= ids(after)[name]
+
+
+def test_english_share_of_train():
+    out = S.split_instructions(pairs(2000), "az", 3, 0.05, 0.05, 0.10)
+    summary = S.summary(out, "az")
+    assert summary["train_english_share"] == pytest.approx(0.10, abs=0.005)
+    assert summary["train_az"] + summary["train_en"] == summary["train"]
+    none = S.split_instructions(pairs(200), "az", 3, 0.05, 0.05, 0.0)
+    assert all(r["lang"] == "az" for r in none["train"])
+
+
+def test_seed_changes_the_split():
+    recs = pairs(500)
+    assert ids(S.split_instructions(recs, "az", 1, 0.2, 0.2, 0))["test"] != \
+        ids(S.split_instructions(recs, "az", 2, 0.2, 0.2, 0))["test"]
+
+
+def test_leak_check_catches_a_shared_id():
+    rec = pairs(1)[1]
+    with pytest.raises(LangliftError, match="split leak"):
+        S.check_disjoint({"train": [rec], "test": [rec]})
+
+
+def test_bad_fractions_are_errors():
+    with pytest.raises(LangliftError, match="english_share"):
+        S.split_instructions([], "az", 1, 0.1, 0.1, 1.0)
+    with pytest.raises(LangliftError, match="split.val"):
+        S.split_instructions([], "az", 1, 0.6, 0.5, 0.1)
+
+
+def test_corpus_and_parallel_splits():
+    docs = [records.make("corpus", "c", text=f"Sənəd {i}.", lang="az") for i in range(1000)]
+    corpus = S.split_corpus(docs, 1, 0.1)
+    assert 60 <= len(corpus["val"]) <= 140 and len(corpus["train"]) + len(corpus["val"]) == 1000
+    par = [records.make("parallel", "p", src=f"Doc {i}.", tgt=f"Sənəd {i}.", src_lang="en", tgt_lang="az")
+           for i in range(300)]
+    first = S.parallel_test(par, "az", 1, 50)
+    assert len(first) == 50
+    assert {r["id"] for r in first} == {r["id"] for r in S.parallel_test(par[::-1], "az", 1, 50)}
+
+
+def test_read_records_rejects_duplicate_ids(tmp_path):
+    rec = pairs(1)[0]
+    path = write_jsonl(tmp_path / "x.jsonl", [rec, rec])
+    with pytest.raises(DataError, match=r"x\.jsonl:2: field 'id': duplicate id"):
+        S.read_records(path, "instructions")
