@@ -91,7 +91,11 @@ def _choose_precision(device: str) -> tuple[str, str]:
     flags = _cpu_flags()
     if not flags & {"avx512_bf16", "amx_bf16"}:
         return "fp32", "CPU has neither AVX-512-BF16 nor AMX: fp32"
-    fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
+    # Interleaved best-of-three, so that load from other processes hits both dtypes alike.
+    fp32 = bf16 = 0.0
+    for _ in range(3):
+        fp32 = max(fp32, matmul_gflops(torch.float32, seconds=0.05))
+        bf16 = max(bf16, matmul_gflops(torch.bfloat16, seconds=0.05))
     if bf16 >= CPU_BF16_MIN_SPEEDUP * fp32:
         return "bf16", f"CPU probe: bf16 {bf16:.0f} GFLOP/s vs fp32 {fp32:.0f} GFLOP/s"
     return "fp32", f"CPU probe: bf16 {bf16:.1f} GFLOP/s is not faster than fp32 {fp32:.0f} GFLOP/s"

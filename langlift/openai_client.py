@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 MAX_BACKOFF_S = 60.0
+MAX_RETRY_AFTER_S = 300.0  # a longer Retry-After (a spent daily quota) stops the run instead of sleeping
 
 
 class ApiError(LangliftError):
@@ -135,9 +136,10 @@ class ChatClient:
     """Chat completions against ``{base_url}/chat/completions`` with caching, retries and budgets.
 
     ``max_requests`` caps HTTP requests sent by this client (retries count: each one may be billed or
-    rate-limited); ``max_tokens`` caps prompt + completion tokens of uncached responses. Both raise
-    :class:`BudgetExceeded` before sending the request that would pass the cap. ``backoff`` is the
-    base delay in seconds of the exponential backoff (delay ``backoff * 2**attempt``, full jitter).
+    rate-limited) and raises :class:`BudgetExceeded` instead of sending one more. ``max_tokens`` caps
+    prompt + completion tokens of uncached responses: once the replies received reach it, no new
+    request is sent (requests already in flight, at most ``concurrency``, still land). ``backoff`` is
+    the base delay in seconds of the exponential backoff (``backoff * 2**attempt``, full jitter).
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY",
@@ -227,7 +229,11 @@ class ChatClient:
         if resp.status_code in RETRYABLE_STATUS:
             raise _Retryable(f"HTTP {resp.status_code}", _retry_after(resp.headers.get("Retry-After")))
         if resp.status_code >= 400:
-            hint = f" (is {self.api_key_env} set to a valid key?)" if resp.status_code in (401, 403) else ""
+            hint = ""
+            if resp.status_code in (401, 403):
+                hint = f" (is {self.api_key_env} set to a valid key?)"
+            elif resp.status_code == 404:
+                hint = " (does base_url end in /v1, and does the server know the model?)"
             raise ApiError(f"{self.url}: HTTP {resp.status_code}{hint}: {resp.text[:300]}", resp.status_code)
         try:
             data = resp.json()
@@ -261,10 +267,13 @@ class ChatClient:
                         self.usage.failures += 1
                     raise ApiError(f"{self.url}: gave up after {attempt + 1} attempts, last: {e}") from None
                 delay = random.uniform(0, min(MAX_BACKOFF_S, self.backoff * 2**attempt))
+                if e.retry_after is not None and e.retry_after > MAX_RETRY_AFTER_S:
+                    raise ApiError(f"{self.url}: {e} asks to retry after {e.retry_after:.0f}s "
+                                   "(a spent quota?); rerun later, replies so far are cached") from None
                 if e.retry_after is not None:
                     delay = max(delay, e.retry_after)
                     self._paused_until = max(self._paused_until, time.monotonic() + e.retry_after)
-                log.debug("attempt %d failed (%s); retrying in %.1fs", attempt + 1, e, delay)
+                log.info("attempt %d failed (%s); retrying in %.1fs", attempt + 1, e, delay)
                 with self._lock:
                     self.usage.retries += 1
                 time.sleep(delay)

@@ -76,7 +76,9 @@ def resolve(tokenizer: Any, ft: dict[str, Any], lang: str) -> Template:
     own = getattr(tokenizer, "chat_template", None)
     if source == "model" or (source == "auto" and own):
         if not own:
-            raise LangliftError("params.yaml: finetune.template is 'model' but the base model's tokenizer has no chat template")
+            raise LangliftError(
+                "params.yaml: finetune.template is 'model' but the base model's tokenizer has no chat template"
+            )
         template = Template("model", _maskable(tokenizer, own), input_marker)
     else:
         if spec is None:
@@ -84,7 +86,8 @@ def resolve(tokenizer: Any, ft: dict[str, Any], lang: str) -> Template:
                 f"params.yaml: finetune.templates has no entry for language '{lang}' and the base model has no "
                 "chat template; add finetune.templates." + lang + " with instruction/response markers"
             )
-        template = Template(f"params:{lang}", compile_template(spec, f"params.yaml: finetune.templates.{lang}"), input_marker)
+        where = f"params.yaml: finetune.templates.{lang}"
+        template = Template(f"params:{lang}", compile_template(spec, where), input_marker)
     _check_masks(tokenizer, template)
     return template
 

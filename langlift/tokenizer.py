@@ -42,7 +42,9 @@ def chat_template(user: str, assistant: str) -> str:
     )
 
 
-def train(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, length: int | None = None) -> PreTrainedTokenizerFast:
+def train(
+    texts: Iterable[str], vocab_size: int, min_frequency: int = 2, length: int | None = None
+) -> PreTrainedTokenizerFast:
     """Train a byte-fallback BPE with exactly ``vocab_size`` entries (specials and 256 byte tokens included).
 
     Raises :class:`LangliftError` when the texts are too few to learn that many merges.
@@ -132,7 +134,8 @@ def extend(
     if model.get("type") != "BPE":
         raise LangliftError(f"vocabulary extension needs a BPE tokenizer, this one is {model.get('type')}")
     budget = new_tokens + len(tokenizer)  # the trainer's vocab counts alphabet and merges it shares with us
-    trained = tokenizer.train_new_from_iterator(texts, vocab_size=budget, min_frequency=min_frequency)
+    trained = tokenizer.train_new_from_iterator(texts, vocab_size=budget, min_frequency=min_frequency,
+                                                show_progress=False)
     tmodel = json.loads(trained.backend_tokenizer.to_str())["model"]
     vocab, merges = model["vocab"], _merges(model)
     known = set(vocab) | {t.content for t in tokenizer.added_tokens_decoder.values()}

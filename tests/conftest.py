@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from langlift.tokenizer import chat_template
+from langlift.tokenizer import train as train_tokenizer
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data" / "samples"
 
@@ -17,7 +20,7 @@ for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(var, "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-torch.set_num_threads(1)  # tests run beside other work on 2 cores; one thread keeps timings sane
+torch.set_num_threads(1)  # tiny models: one thread is as fast and keeps the suite steady on a busy machine
 
 
 def az_sentences(n: int = 2000) -> list[str]:
@@ -32,34 +35,14 @@ def en_sentences(n: int = 2000) -> list[str]:
     return [line for line in lines if line.strip()][:n]
 
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}"
-    "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
-    "{% elif m['role'] == 'user' %}### Təlimat:\n{{ m['content'] }}\n\n"
-    "{% else %}### Cavab:\n{% generation %}{{ m['content'] }}{{ eos_token }}{% endgeneration %}\n\n{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}### Cavab:\n{% endif %}"
-)
+CHAT_TEMPLATE = chat_template("### Təlimat:", "### Cavab:")
 
 
-def build_tokenizer(vocab_size: int = 512):
-    """A byte-fallback BPE tokenizer trained on the Azerbaijani and English samples, in HF format."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False)
-    tok.train_from_iterator(az_sentences(1500) + en_sentences(500), trainer)
-    spec = json.loads(tok.to_str())  # byte tokens join the vocab as ordinary tokens, as in Llama's
-    vocab = spec["model"]["vocab"]
-    for i in range(256):
-        vocab.setdefault(f"<0x{i:02X}>", len(vocab))
-    tok = Tokenizer.from_str(json.dumps(spec))
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    hf.chat_template = CHAT_TEMPLATE
-    return hf
+def build_tokenizer(vocab_size: int = 768):
+    """A byte-fallback BPE tokenizer (langlift's own) trained on the Azerbaijani and English samples."""
+    tok = train_tokenizer(az_sentences(1500) + en_sentences(500), vocab_size)
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,13 @@ def test_429_honours_retry_after():
     assert srv.count == 2 and c.usage.retries == 1 and c.usage.retry_reasons == {"HTTP 429": 1}
 
 
+def test_a_very_long_retry_after_stops_instead_of_sleeping():
+    with OpenAIServer(lambda body, n: Reply(status=429, headers={"Retry-After": "86400"})) as srv:
+        with pytest.raises(ApiError, match="retry after 86400s"):
+            client(srv).complete(MSG)
+    assert srv.count == 1
+
+
 def test_retries_5xx_malformed_json_and_timeouts():
     faults = [Reply(status=500), Reply(status=503), Reply(body="{not json"), Reply(body={"choices": []}),
               Reply(delay=1.0, body=chat_response("too late"))]

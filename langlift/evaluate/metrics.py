@@ -1,8 +1,8 @@
 """Scores computed from model outputs: translation (sacrebleu), instruction answers (EM, token F1,
 chrF++) and perplexity from summed log-likelihoods.
 
-Scales: BLEU, chrF++, EM and F1 are percentages (0-100); perplexities are ``exp`` of a mean negative
-log-likelihood (natural log); bits per byte uses log base 2.
+Scales: BLEU, chrF++, EM and F1 are percentages (0-100); a perplexity is ``exp`` of a mean negative
+log-likelihood (natural log).
 """
 
 from __future__ import annotations
@@ -58,9 +58,12 @@ def chrf_pp() -> CHRF:
     return CHRF(word_order=2)
 
 
-def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[dict[str, float], dict[str, str]]:
-    """Corpus BLEU and chrF++ (sacrebleu defaults: 13a tokenisation, mixed case), with signatures."""
-    bleu, chrf = BLEU(), chrf_pp()
+def translation_scores(
+    hypotheses: Sequence[str], references: Sequence[str], target_lang: str
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Corpus BLEU and chrF++ with their signatures. sacrebleu defaults: mixed case, BLEU's 13a
+    tokenisation unless ``target_lang`` (ISO 639-1) needs its own (zh, ja, ko)."""
+    bleu, chrf = BLEU(trg_lang=target_lang), chrf_pp()
     scores = {
         "bleu": bleu.corpus_score(list(hypotheses), [list(references)]).score,
         "chrf": chrf.corpus_score(list(hypotheses), [list(references)]).score,
@@ -82,7 +85,3 @@ def perplexity(sum_loglikelihood: float, count: int) -> float:
     """``exp(-sum_loglikelihood / count)``: per token, word or byte depending on what ``count`` counts."""
     return math.exp(-sum_loglikelihood / count)
 
-
-def bits_per_byte(sum_loglikelihood: float, n_bytes: int) -> float:
-    """Negative log-likelihood in bits per UTF-8 byte of the text."""
-    return -sum_loglikelihood / n_bytes / math.log(2)

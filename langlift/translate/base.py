@@ -53,5 +53,34 @@ class Backend:
         other.settings = {**self.settings, **overrides}
         return other
 
+    def usage(self) -> dict[str, Any] | None:
+        """Request and token counters for metrics (API backends)."""
+        return None
+
     def close(self) -> None:
         """Release models, threads or connections."""
+
+
+class PromptedBackend(Backend):
+    """A backend that asks a chat model to translate, one user message per segment."""
+
+    def __init__(self, model: str, template: str, language: dict[str, str], settings: dict[str, Any]):
+        if "{text}" not in template:
+            from langlift.errors import LangliftError
+            raise LangliftError(f"translate.prompts: the prompt for {language['code']} must contain '{{text}}'")
+        super().__init__(model, {"prompt": template.replace("{name}", language["name"]), **settings})
+
+    @property
+    def prompt_version(self) -> str:
+        return f"p{short_hash(self.settings['prompt'])}"
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": self.settings["prompt"].replace("{text}", text)}]
+
+    @staticmethod
+    def clean(source: str, reply: str) -> str:
+        """The translation in a reply: stripped, and cut at the first blank line for one-line sources."""
+        reply = reply.strip()
+        if "\n" not in source:
+            reply = reply.split("\n\n", 1)[0].strip()
+        return reply

@@ -28,6 +28,7 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 _CODE_START = re.compile(
     r"^\s*(?:def|class|import|from\s+\S+\s+import|return|print\(|console\.|function|var|let|const|public|"
     r"private|static|#include|SELECT|INSERT|UPDATE|DELETE|CREATE)\b.*[(){}:;=]"
+    r"|^\s*(?:import\s+[\w.]+(?:\s+as\s+\w+)?|from\s+[\w.]+\s+import\s+[\w., ]+)\s*$"
 )
 _CODE_CHARS = set("{}[]();=<>_\\/*&|$")
 # A sentence ends at . ! ? … (plus closing quotes/brackets) before whitespace and a capital or digit.
@@ -82,7 +83,7 @@ class Masker:
         self.mask = mask
         before, after = mask.split("{i}", 1)
         loose = lambda s: r"\s*".join(re.escape(c) for c in s.strip())  # noqa: E731 (models add spaces)
-        self.token_re = re.compile(loose(before) + r"\s*(\d+)\s*" + loose(after))
+        self.token_re = re.compile(loose(before) + r"\s*(\d+)\s*" + loose(after), re.IGNORECASE)
 
     def spans(self, text: str) -> list[str]:
         """The protected spans of ``text``, in order."""

@@ -1,0 +1,142 @@
+"""The dedupe stage: normalise, filter, deduplicate and decontaminate instructions and corpus.
+
+Instructions: normalise -> exact dedupe -> MinHash LSH near-dedupe -> decontaminate, per language.
+Corpus: normalise -> quality filters -> exact dedupe -> near-dedupe -> decontaminate.
+Every removal is counted by reason in the metrics; the first ``removed_sample`` records of each
+reason go to ``removed.jsonl`` with the reason and its details (``duplicate_of``, ``value``, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from langlift import records
+from langlift.dedupe.steps import (
+    CORPUS, INSTRUCTIONS, Collector, Decontaminate, ExactDedupe, InProcesses, Kind, NearDedupe, Normalize, QualityFilter, Record,
+    Step, chain,
+)
+from langlift.errors import DataError, LangliftError
+from langlift.io import read_jsonl, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    instructions: Path = Path("data/clean/instructions.jsonl")
+    corpus: Path = Path("data/clean/corpus.jsonl")
+    removed: Path = Path("data/clean/removed.jsonl")
+    metrics: Path = Path("metrics/data.json")
+
+
+def _get(cfg: dict[str, Any], dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise LangliftError(f"params.yaml: missing key 'dedupe.{dotted}'")
+        value = value[part]
+    return value
+
+
+def check_inputs(cfg: dict[str, Any]) -> None:
+    """Fail before any work when an input file is missing."""
+    for kind in (INSTRUCTIONS, CORPUS):
+        for path in map(Path, _get(cfg, f"inputs.{kind.name}") or []):
+            if not path.exists():
+                raise LangliftError(
+                    f"dedupe.inputs.{kind.name}: {path} not found; run the stage that writes it (dvc repro) "
+                    "or remove it from params.yaml"
+                )
+
+
+def read_records(paths: list[str], kind: Kind) -> Iterator[Record]:
+    """Validated records from every input file, in order."""
+    for path in map(Path, paths):
+        for line, rec in read_jsonl(path):
+            records.validate(kind.name, rec, path, line)
+            if not isinstance(rec.get("id"), str):
+                raise DataError(path, line, "id", "missing")
+            yield rec
+
+
+def eval_texts(sets: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Texts of the evaluation sets named in params (``[{path, fields}]``), keyed by path."""
+    out: dict[str, list[str]] = {}
+    for spec in sets:
+        path, fields = Path(spec["path"]), spec["fields"]
+        if not path.exists():
+            raise LangliftError(f"dedupe.decontaminate.eval_sets: {path} not found")
+        texts = out.setdefault(str(path), [])
+        for line, rec in read_jsonl(path):
+            for f in fields:
+                value = rec.get(f)
+                if not isinstance(value, str):
+                    got = "missing" if value is None else f"expected a string, got {type(value).__name__}"
+                    raise DataError(path, line, f, got)
+                texts.append(value)
+    return out
+
+
+def build_steps(kind: Kind, cfg: dict[str, Any], lang: str, evals: dict[str, list[str]]) -> list[Step]:
+    """The configured steps for ``kind``, in pipeline order."""
+    per_doc: list[Step] = [Normalize(kind, _get(cfg, "normalize"))]
+    try:
+        if kind is CORPUS:
+            per_doc.append(QualityFilter(kind, lang, **_get(cfg, "quality")))
+        steps: list[Step] = [InProcesses(per_doc, _get(cfg, "workers"))]
+        if _get(cfg, "exact"):
+            steps.append(ExactDedupe(kind))
+        steps.append(NearDedupe(kind, **_get(cfg, "minhash")))
+    except (TypeError, ValueError) as e:  # an unknown key or a value out of range
+        raise LangliftError(f"params.yaml: dedupe: {e}") from None
+    if evals:
+        steps.append(Decontaminate(kind, evals, _get(cfg, "decontaminate.ngram"), _get(cfg, "decontaminate.min_words")))
+    return steps
+
+
+def run(cfg: dict[str, Any], lang: str, out: Outputs = Outputs()) -> dict[str, Any]:
+    """Clean both datasets, write the outputs atomically and return the flat metrics."""
+    check_inputs(cfg)
+    evals = eval_texts(_get(cfg, "decontaminate.eval_sets") or [])
+    metrics: dict[str, Any] = {}
+    removed: list[Record] = []
+    for kind, target in ((INSTRUCTIONS, out.instructions), (CORPUS, out.corpus)):
+        steps = build_steps(kind, cfg, lang, evals)
+        collector = Collector(kind.name, [r for s in steps for r in s.reasons], _get(cfg, "removed_sample"))
+        seen, kept_langs = 0, Counter()
+
+        def source() -> Iterator[Record]:
+            nonlocal seen
+            for rec in read_records(_get(cfg, f"inputs.{kind.name}") or [], kind):
+                seen += 1
+                yield rec
+
+        def kept(recs: Iterator[Record]) -> Iterator[Record]:
+            for rec in recs:
+                kept_langs[rec["lang"]] += 1
+                yield rec
+
+        start = time.perf_counter()
+        bar = tqdm(chain(source(), steps, collector), desc=f"dedupe {kind.name}", unit=" kept", mininterval=2)
+        n_kept = write_jsonl(target, kept(bar))
+        bar.close()
+        assert seen == n_kept + sum(collector.counts.values()), "every record is either kept or removed once"
+        metrics[f"{kind.name}.in"] = seen
+        metrics[f"{kind.name}.kept"] = n_kept
+        metrics.update({f"{kind.name}.removed.{r}": n for r, n in collector.counts.items()})
+        metrics.update({f"{kind.name}.kept_{code}": n for code, n in sorted(kept_langs.items())})
+        order = {r: i for i, r in enumerate(collector.counts)}  # grouped by reason: the same for any `workers`
+        removed += sorted(collector.samples, key=lambda r: order[r["reason"]])
+        log.info("%s: kept %d of %d in %.1fs; removed %s", kind.name, n_kept, seen, time.perf_counter() - start,
+                 {r: n for r, n in collector.counts.items() if n} or "none")
+    write_jsonl(out.removed, removed)
+    write_json(out.metrics, metrics)
+    return metrics

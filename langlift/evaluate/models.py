@@ -1,0 +1,104 @@
+"""Loading the models to compare: a base model (HF directory or hub id) and a fine-tuned one
+(a PEFT adapter over its base, or a full model directory, described by ``langlift.json``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from langlift.errors import LangliftError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "langlift.json"  # written by the finetune stage beside the adapter or model
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to evaluate, its tokenizer, and what was loaded (for the details file)."""
+
+    model: Any  # a transformers PreTrainedModel or a peft PeftModel wrapping one
+    tokenizer: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _from_pretrained(loader: Any, path: str, what: str, **kwargs: Any) -> Any:
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        hint = "run the stage that writes it" if Path(path).parts[:1] == ("models",) else "check the path or hub id"
+        raise LangliftError(f"{path}: cannot load {what} ({type(e).__name__}: {str(e).splitlines()[0]}); {hint}") from None
+
+
+def _tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = _from_pretrained(AutoTokenizer, path, "the tokenizer")
+    if not tok.chat_template:
+        raise LangliftError(
+            f"{path}: the tokenizer has no chat template; evaluation prompts every model through its chat "
+            "template (the pretrain and finetune stages write one; for a hub model, set tokenizer.chat_template)"
+        )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _causal_lm(path: str, device: str, dtype: torch.dtype) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    model = _from_pretrained(AutoModelForCausalLM, path, "the model", dtype=dtype)
+    return model.to(device).eval()
+
+
+def _info(model: Any, **extra: Any) -> dict[str, Any]:
+    return {**extra, "parameters": sum(p.numel() for p in model.parameters()), "dtype": str(next(model.parameters()).dtype)}
+
+
+def load_base(path: str, device: str, dtype: torch.dtype) -> LoadedModel:
+    """A causal LM and its tokenizer from one directory or hub id."""
+    log.info("loading base model %s (%s, %s)", path, device, dtype)
+    tok = _tokenizer(path)
+    model = _causal_lm(path, device, dtype)
+    return LoadedModel(model, tok, _info(model, path=path, kind="base"))
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The fine-tuned model's ``langlift.json``: at least ``base_model`` and ``method``."""
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        raise LangliftError(f"{file}: not found; is {path} a finetune output? (run `dvc repro finetune`)")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise LangliftError(f"{file}: malformed JSON: {e.msg} (line {e.lineno})") from None
+    for key in ("base_model", "method"):
+        if not isinstance(manifest.get(key), str) or not manifest[key]:
+            raise LangliftError(f"{file}: field '{key}': missing or empty")
+    return manifest
+
+
+def load_finetuned(path: str, device: str, dtype: torch.dtype) -> LoadedModel:
+    """Base plus adapter (PEFT, not merged: the weights as finetune saved them) or a full model."""
+    manifest = read_manifest(path)
+    folder = Path(path)
+    tok_dir = path if (folder / "tokenizer_config.json").is_file() else manifest["base_model"]
+    tok = _tokenizer(tok_dir)
+    if (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        log.info("loading %s adapter %s over %s (%s, %s)", manifest["method"], path, manifest["base_model"], device, dtype)
+        base = _causal_lm(manifest["base_model"], device, dtype)
+        model = PeftModel.from_pretrained(base, path).to(device).eval()
+    elif (folder / "config.json").is_file():
+        log.info("loading fully fine-tuned model %s (%s, %s)", path, device, dtype)
+        model = _causal_lm(path, device, dtype)
+    else:
+        raise LangliftError(f"{path}: neither adapter_config.json nor config.json; not a model or adapter directory")
+    info = _info(model, path=path, kind="finetuned", method=manifest["method"], base_model=manifest["base_model"])
+    return LoadedModel(model, tok, info)

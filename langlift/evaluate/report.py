@@ -1,0 +1,58 @@
+"""What the evaluate stage writes: flat metrics with deltas, per-metric plot data and the samples report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from langlift.io import atomic_path, write_json
+
+
+def flat_metrics(per_model: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``<model>.<metric>`` for each model, then ``delta.<metric>`` = finetuned - base where both exist.
+
+    Flat keys keep ``dvc metrics diff`` to one row per number."""
+    flat = {f"{model}.{key}": round(value, 6) for model, scores in per_model.items() for key, value in scores.items()}
+    base, tuned = per_model.get("base", {}), per_model.get("finetuned", {})
+    flat.update({f"delta.{key}": round(tuned[key] - base[key], 6) for key in base if key in tuned})
+    return flat
+
+
+def write_plots(folder: str | Path, per_model: dict[str, dict[str, float]]) -> None:
+    """One ``<metric>.json`` per metric, ``[{"model": ..., "value": ...}]``, for a ``bar_horizontal`` plot
+    of base against fine-tuned (each metric keeps its own scale)."""
+    keys = dict.fromkeys(k for scores in per_model.values() for k in scores)
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        for key in keys:
+            rows = [{"model": m, "value": s[key]} for m, s in per_model.items() if key in s]
+            write_json(tmp / f"{key}.json", rows)
+
+
+def _quote(text: str) -> str:
+    """Text as a markdown blockquote, every line kept."""
+    return "\n".join("> " + line for line in (text or "(empty)").splitlines()) or "> (empty)"
+
+
+def samples_markdown(
+    prompts: list[dict[str, Any]], answers: dict[str, list[str]], models: dict[str, dict[str, Any]],
+    timing: dict[str, dict[str, float]], language: str, max_new_tokens: int, timed_prompts: int,
+) -> str:
+    """Side-by-side answers of each model to the fixed prompts, for human review."""
+    lines = [
+        f"# Generation samples ({language})",
+        "",
+        f"Greedy decoding, at most {max_new_tokens} new tokens, each prompt as the user turn of the model's chat template.",
+        f"Speed: the first {timed_prompts} prompts generated again, exactly {max_new_tokens} tokens each, after this warm-up pass.",
+        "",
+        "| model | path | tokens/s | time to first token (s) |",
+        "|---|---|---|---|",
+    ]
+    for name, info in models.items():
+        t = timing[name]
+        lines.append(f"| {name} | `{info['path']}` | {t['gen_tokens_per_s']:.1f} | {t['ttft_s']:.3f} |")
+    for i, p in enumerate(prompts):
+        lines += ["", f"## {i + 1}. `{p['id']}`", "", _quote(p["prompt"])]
+        for name in answers:
+            lines += ["", f"**{name}**", "", _quote(answers[name][i])]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,137 @@
+"""The evaluate stage's work: score the base and the fine-tuned model the same way, then write the
+metrics, the details (signatures, what was loaded), the plots and the samples report."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from langlift import hardware
+from langlift.errors import LangliftError
+from langlift.evaluate import inputs, report, timing
+from langlift.evaluate.harness import Harness
+from langlift.evaluate.models import LoadedModel, load_base, load_finetuned, read_manifest
+from langlift.io import write_json, write_text
+from langlift.params import section
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outputs:
+    """Where one evaluation writes."""
+
+    metrics: Path
+    details: Path
+    samples: Path
+    plots: Path
+
+    @classmethod
+    def for_entry(cls, metrics_dir: str | Path, entry: str | None) -> Outputs:
+        """The default outputs, or ``matrix/<entry>_*`` for one entry of ``finetune.matrix``."""
+        d = Path(metrics_dir)
+        if entry is None:
+            return cls(d / "evaluate.json", d / "evaluate_details.json", d / "samples.md", d / "evaluate_plots")
+        d, p = d / "matrix", f"{entry}_"
+        return cls(d / f"{p}evaluate.json", d / f"{p}evaluate_details.json", d / f"{p}samples.md", d / f"{p}evaluate_plots")
+
+
+def matrix_entry(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """The ``finetune.matrix`` entry called ``name``."""
+    entries = (params.get("finetune") or {}).get("matrix") or []
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("name") == name:
+            return entry
+    raise LangliftError(f"params.yaml: finetune.matrix has no entry named {name!r}")
+
+
+POSITIVE = ("max_docs", "max_pairs", "max_instructions", "max_prompts", "timing_prompts", "max_new_tokens", "batch_size")
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """The ``evaluate`` section's sizes must be positive integers and its paths present."""
+    for key in ("finetuned", "corpus", "parallel", "test", "prompts", *POSITIVE):
+        if cfg.get(key) in (None, ""):
+            raise LangliftError(f"params.yaml: evaluate.{key}: missing")
+    for key in POSITIVE:
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise LangliftError(f"params.yaml: evaluate.{key}: expected a positive integer, got {cfg[key]!r}")
+
+
+def evaluate(
+    params: dict[str, Any], finetuned: str, outputs: Outputs, expected_base: str | None = None
+) -> dict[str, float]:
+    """Evaluate the model at ``finetuned`` against the base it was fine-tuned from (its ``langlift.json``);
+    write ``outputs``; return the flat metrics. A differing ``expected_base`` is logged."""
+    cfg, language = section(params, "evaluate"), section(params, "language")
+    check_config(cfg)
+    lang = str(language["code"])
+    sets = inputs.load_all(cfg, lang)  # bad or empty inputs fail before any model is loaded
+    manifest = read_manifest(finetuned)
+    base = manifest["base_model"]
+    if expected_base is not None and str(expected_base) != base:
+        log.warning("%s was fine-tuned from %s, not %s as params say: comparing against %s",
+                    finetuned, base, expected_base, base)
+    settings = hardware.choose(params.get("hardware"))
+    hardware.apply(settings)
+    log.info("evaluating on %d documents, %d pairs per direction, %d instructions, %d prompts",
+             len(sets.texts), len(sets.pairs), len(sets.instructions), len(sets.prompts))
+
+    per_model: dict[str, dict[str, float]] = {}
+    answers: dict[str, list[str]] = {}
+    models: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="langlift-evaluate-") as work:
+        input_marker = str((manifest.get("template") or {}).get("input_marker") or "")
+        harness = Harness(sets, language, cfg, Path(work), int(params.get("seed", 0)), input_marker)
+        for name, loader, path in (("base", load_base, base), ("finetuned", load_finetuned, finetuned)):
+            start = time.perf_counter()
+            timing.reset_peak_memory(settings.device)
+            loaded = loader(path, settings.device, settings.dtype)
+            per_model[name], answers[name] = _score(harness, loaded, sets, cfg, settings.device)
+            models[name] = loaded.info
+            seconds[name] = round(time.perf_counter() - start, 1)
+            log.info("%s: %s", name, ", ".join(f"{k}={v:.4g}" for k, v in per_model[name].items()))
+            del loaded
+            gc.collect()
+            if settings.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+
+    flat = report.flat_metrics(per_model)
+    write_json(outputs.metrics, flat)
+    write_json(outputs.details, {
+        "language": lang,
+        "models": models,
+        "signatures": {"bleu": harness.signatures["bleu"], "chrf++": harness.signatures["chrf"]},
+        "counts": {"documents": len(sets.texts), "pairs_per_direction": len(sets.pairs),
+                   "instructions": len(sets.instructions), "prompts": len(sets.prompts)},
+        "lm_eval": {"version": version("lm_eval"), "tasks": harness.task_names()},
+        "hardware": {"device": settings.device, "precision": settings.precision, "threads": settings.num_threads},
+        "seconds": seconds,
+    })
+    report.write_plots(outputs.plots, per_model)
+    write_text(outputs.samples, report.samples_markdown(
+        sets.prompts, answers, models, per_model, str(language["name"]), cfg["max_new_tokens"],
+        min(cfg["timing_prompts"], len(sets.prompts)),
+    ))
+    return flat
+
+
+def _score(harness: Harness, loaded: LoadedModel, sets: inputs.EvalSets, cfg: dict[str, Any],
+           device: str) -> tuple[dict[str, float], list[str]]:
+    """Every metric of one model, and its answers to the review prompts."""
+    scores = harness.perplexity(loaded)
+    scores.update(harness.generations(loaded))
+    scores.update(harness.listed(loaded))
+    answers, timed = timing.generate_timed(loaded, sets.prompts, int(cfg["max_new_tokens"]), int(cfg["timing_prompts"]))
+    scores.update(timed)
+    scores["peak_mem_mb"] = timing.peak_memory_mb(device)  # the whole evaluation of this model, load included
+    return scores, answers

@@ -1,0 +1,44 @@
+"""The ``api`` backend: any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp, Ollama).
+
+Requests go through the shared :class:`langlift.openai_client.ChatClient`: bounded concurrency, a
+token-bucket rate limit, retries with backoff on 429/5xx/timeouts/malformed bodies, request and token
+caps, and the key read only from the environment variable named in params.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from langlift.openai_client import ChatClient
+from langlift.translate.base import PromptedBackend
+
+
+class ApiBackend(PromptedBackend):
+    name = "api"
+
+    def __init__(self, template: str, language: dict[str, str], *, base_url: str, model: str,
+                 api_key_env: str | None = "OPENAI_API_KEY", concurrency: int = 8,
+                 requests_per_minute: float | None = None, max_retries: int = 5, timeout: float = 60.0,
+                 max_requests: int | None = None, max_tokens: int | None = None, temperature: float = 0.0,
+                 max_completion_tokens: int | None = 1024, response_cache: str | Path | None = None,
+                 backoff: float = 1.0):
+        super().__init__(model, template, language,
+                         {"temperature": temperature, "max_completion_tokens": max_completion_tokens})
+        self.client = ChatClient(base_url, model, api_key_env=api_key_env, concurrency=concurrency,
+                                 requests_per_minute=requests_per_minute, max_retries=max_retries, timeout=timeout,
+                                 cache_dir=response_cache, max_requests=max_requests, max_tokens=max_tokens,
+                                 backoff=backoff)
+        self.chunk_size = concurrency * 4
+
+    def translate(self, texts: list[str]) -> list[str | None]:
+        params = {"temperature": self.settings["temperature"]}
+        if self.settings["max_completion_tokens"]:
+            params["max_tokens"] = self.settings["max_completion_tokens"]
+        out: list[str | None] = [None] * len(texts)
+        for i, result in self.client.complete_many((self.messages(t), params) for t in texts):
+            out[i] = self.clean(texts[i], result.text)
+        return out
+
+    def usage(self) -> dict[str, Any]:
+        return self.client.usage.as_dict()

@@ -1,0 +1,32 @@
+"""dedupe: normalise, filter, deduplicate and decontaminate the instructions and the corpus.
+
+Reads `dedupe.inputs.*` and the evaluation sets in `dedupe.decontaminate.eval_sets`; writes
+data/clean/{instructions,corpus,removed}.jsonl and metrics/data.json.
+"""
+
+from __future__ import annotations
+
+import click
+
+from langlift import dedupe
+from langlift import params as P
+from langlift.cli import run_stage
+from langlift.errors import LangliftError
+
+
+@click.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True, help="Params file.")
+@run_stage
+def main(params_path: str) -> None:
+    """Clean the instruction data and the corpus; count every removal by reason."""
+    params = P.load(params_path)
+    cfg = P.section(params, "dedupe", params_path)
+    lang = P.section(params, "language", params_path).get("code")
+    if not lang:
+        raise LangliftError(f"{params_path}: missing key 'language.code'")
+    m = dedupe.run(cfg, lang)
+    click.echo(f"instructions={m['instructions.kept']}/{m['instructions.in']} corpus={m['corpus.kept']}/{m['corpus.in']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Evaluate stage: base against fine-tuned on perplexity, translation, instruction answers and speed.
+
+Writes metrics/evaluate.json (flat keys: base.*, finetuned.*, delta.*), metrics/evaluate_details.json
+(sacrebleu signatures, models, counts), metrics/evaluate_plots/ and metrics/samples.md; with
+``--entry NAME``, the same for one ``finetune.matrix`` entry under metrics/matrix/NAME_*.
+"""
+
+from __future__ import annotations
+
+import click
+
+from langlift.cli import run_stage
+from langlift.evaluate.runner import Outputs, evaluate, matrix_entry
+from langlift.params import load, section
+
+
+@click.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True, help="Parameters file.")
+@click.option("--entry", default=None, help="Evaluate one finetune.matrix entry (models/matrix/NAME) instead.")
+@run_stage
+def main(params_path: str, entry: str | None) -> None:
+    params = load(params_path)
+    cfg = section(params, "evaluate", params_path)
+    if entry is None:
+        finetuned, base = cfg.get("finetuned"), params.get("base_model")
+    else:
+        finetuned, base = f"models/matrix/{entry}", matrix_entry(params, entry).get("base_model")
+    flat = evaluate(params, finetuned, Outputs.for_entry("metrics", entry), expected_base=base)
+    click.echo(f"evaluate: {len(flat)} metrics written")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""finetune: supervised fine-tuning of a base model on the split instructions (full, LoRA, QLoRA, 8-bit).
+
+`python stages/finetune.py` trains params' base_model into models/finetuned/; a matrix entry
+(`--name N --base-model M`) trains into models/matrix/N/ with metrics/matrix/N.json. Multi-GPU:
+`accelerate launch --config_file configs/accelerate/<ddp|fsdp|deepspeed>.yaml stages/finetune.py`.
+"""
+
+from __future__ import annotations
+
+import click
+
+from langlift import finetune as F
+from langlift import params as P
+from langlift.cli import run_stage
+
+
+@click.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True, help="Params file.")
+@click.option("--name", default=None, help="Matrix entry name: write models/matrix/NAME and metrics/matrix/NAME.json.")
+@click.option("--base-model", default=None, help="Base model (local folder or hub id); default: params' base_model.")
+@run_stage
+def main(params_path: str, name: str | None, base_model: str | None) -> None:
+    """Fine-tune the base model on data/split/{train,val}.jsonl."""
+    params = P.load(params_path)
+    P.section(params, "finetune", params_path)
+    F.run(params, base_model=base_model, name=name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The DVC pipeline end to end, in a temporary copy of the repository: `dvc repro`, `dvc status`,
+`dvc exp run -S`, `dvc metrics show`, exactly as users run them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+COPIED = ["langlift", "stages", "configs", "data/samples", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore",
+          ".gitignore"]
+
+
+def sh(ws: Path, *cmd: str) -> str:
+    """Run a command in the workspace; fail the test with its output if it fails."""
+    run = subprocess.run(cmd, cwd=ws, capture_output=True, text=True)
+    assert run.returncode == 0, f"{' '.join(cmd)} failed:\n{run.stdout}\n{run.stderr}"
+    return run.stdout + run.stderr
+
+
+def dvc(ws: Path, *args: str) -> str:
+    return sh(ws, sys.executable, "-m", "dvc", *args)
+
+
+def ran(output: str) -> set[str]:
+    """Names of the stages a `dvc repro` / `dvc exp run` output says it ran."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A git+DVC copy of the repository on which the default pipeline has run once."""
+    ws = tmp_path_factory.mktemp("repo")
+    for item in COPIED:
+        src, dst = REPO / item, ws / item
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    sh(ws, "git", "init", "-q")
+    sh(ws, "git", "config", "user.email", "ci@langlift.invalid")
+    sh(ws, "git", "config", "user.name", "ci")
+    sh(ws, "git", "add", "-A")
+    sh(ws, "git", "commit", "-qm", "clone")  # as users have it: a repository with history
+    out = dvc(ws, "repro")
+    sh(ws, "git", "add", "-A")
+    sh(ws, "git", "commit", "-qm", "pipeline")
+    ws.joinpath(".first_repro.log").write_text(out)
+    return ws
+
+
+def test_repro_runs_every_stage_and_leaves_status_clean(workspace):
+    first = workspace.joinpath(".first_repro.log").read_text()
+    assert {"fetch", "translate", "generate", "dedupe", "split", "pretrain", "finetune", "evaluate"} <= ran(first)
+    for path in ["data/raw/manifest.json", "data/translated/instructions.jsonl", "data/clean/instructions.jsonl",
+                 "data/split/train.jsonl", "data/split/corpus_val.jsonl", "data/split/parallel_test.jsonl",
+                 "models/base/config.json", "models/finetuned/langlift.json", "metrics/samples.md"]:
+        assert (workspace / path).stat().st_size > 0, path
+    assert "up to date" in dvc(workspace, "status")
+    assert ran(dvc(workspace, "repro")) == set(), "a second repro must do nothing"
+
+
+def test_no_id_in_two_splits(workspace):
+    seen: dict[str, str] = {}
+    for name in ("train", "val", "test"):
+        for line in (workspace / f"data/split/{name}.jsonl").read_text().splitlines():
+            rec_id = json.loads(line)["id"]
+            assert seen.setdefault(rec_id, name) == name
+    split = json.loads((workspace / "metrics/split.json").read_text())
+    assert split["instructions"]["train_az"] > 0 and split["instructions"]["test"] > 0
+
+
+def test_metrics_and_plots_show_read_every_stage(workspace):
+    shown = json.loads(dvc(workspace, "metrics", "show", "--json"))
+    files = next(iter(shown.values()))["data"]
+    for name in ("data", "split", "translate", "pretrain", "finetune", "evaluate"):
+        assert f"metrics/{name}.json" in files, name
+    evaluate = files["metrics/evaluate.json"]["data"]
+    assert {"base.ppl", "finetuned.ppl", "delta.ppl", "finetuned.bleu_en_az", "finetuned.instr_f1"} <= set(evaluate)
+    plots = json.loads(dvc(workspace, "plots", "show", "--json"))
+    assert not plots.get("errors"), plots.get("errors")
+    names = set(plots["data"])
+    for needle in ("pretrain/plots/metrics/train/loss", "finetune/plots/metrics/eval/loss", "evaluate_plots/ppl"):
+        assert any(needle in n for n in names), needle
+
+
+def test_a_dedupe_param_reruns_only_what_it_changes(workspace):
+    out = dvc(workspace, "exp", "run", "-S", "dedupe.removed_sample=5")
+    assert ran(out) == {"dedupe"}, "only removed.jsonl changes, so nothing downstream may rerun"
+
+
+def test_lr_experiment_reruns_finetune_and_evaluate_and_diffs(workspace):
+    out = dvc(workspace, "exp", "run", "-S", "lr=1e-4")
+    assert ran(out) == {"finetune", "evaluate"}
+    diff = json.loads(dvc(workspace, "metrics", "diff", "--json"))
+    changed = set(diff.get("metrics/evaluate.json", {})) | set(diff.get("metrics/finetune.json", {}))
+    assert any(key.startswith("finetuned.") for key in changed), diff
