@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ SAMPLES = REPO / "data" / "samples"
 for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(var, "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# `dvc repro` runs stage commands as `python stages/...`: make that the interpreter running the tests.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 torch.set_num_threads(1)  # tiny models: one thread is as fast and keeps the suite steady on a busy machine
 
