@@ -496,7 +496,7 @@ def run(params: dict[str, Any], *, base_model: str | None = None, name: str | No
         "total_params": total,
         "trainable_percent": round(100 * trainable / total, 4),
     }
-    metrics.update({f"hardware_{k}": v for k, v in prep.settings.as_metrics().items()})
+    metrics.update({f"hardware.{k}": v for k, v in prep.settings.as_metrics().items()})
     staging = paths.checkpoints / "final"
     trainer.save_model(str(staging))  # on every rank: FSDP and ZeRO-3 gather the weights collectively
     if not trainer.is_world_process_zero():
@@ -508,9 +508,9 @@ def run(params: dict[str, Any], *, base_model: str | None = None, name: str | No
         (tmp / "training_args.bin").unlink(missing_ok=True)
         adapter = verify_adapter(declared, trainer.model, tmp) if declared is not None else None
         if adapter is not None:
-            metrics.update({f"adapter_{k}": adapter[k] for k in ADAPTER_KEYS})
-            metrics["adapter_target_modules"] = ",".join(sorted({t.rsplit(".", 1)[-1] for t in adapter["target_modules"]}))
-            metrics["adapter_modules"] = len(adapter["target_modules"])
+            metrics.update({f"adapter.{k}": adapter[k] for k in ADAPTER_KEYS})
+            metrics["adapter.target_modules"] = ",".join(sorted({t.rsplit(".", 1)[-1] for t in adapter["target_modules"]}))
+            metrics["adapter.modules"] = len(adapter["target_modules"])
         merged = bool(ft.get("merge", False)) and declared is not None
         if merged:
             merge_adapter(prep.base, tmp, tmp / "merged", prep.settings.dtype)

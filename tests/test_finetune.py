@@ -79,7 +79,7 @@ def test_lora_trains_and_saves_exactly_the_declared_adapter(workdir, tiny_llama_
     assert (saved["r"], saved["lora_alpha"], saved["lora_dropout"], saved["use_rslora"], saved["use_dora"]) == (
         8, 16, 0.0, True, False)
     assert sorted(saved["target_modules"]) == ["q_proj", "v_proj"]
-    assert metrics["adapter_target_modules"] == "q_proj,v_proj" and metrics["adapter_use_rslora"] is True
+    assert metrics["adapter.target_modules"] == "q_proj,v_proj" and metrics["adapter.use_rslora"] is True
     # trainable parameters: r * (in + out) for every targeted linear layer of the base model, counted here
     from transformers import AutoModelForCausalLM
 
