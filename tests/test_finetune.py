@@ -87,7 +87,7 @@ def test_lora_trains_and_saves_exactly_the_declared_adapter(workdir, tiny_llama_
     expected = sum(8 * (m.in_features + m.out_features) for n, m in base.named_modules()
                    if n.endswith(("q_proj", "v_proj")))
     assert metrics["trainable_params"] == expected
-    assert metrics["hardware_precision"] == "fp32" and metrics["hardware_gradient_checkpointing"] is False
+    assert metrics["hardware.precision"] == "fp32" and metrics["hardware.gradient_checkpointing"] is False
 
     info = json.loads((out / "langlift.json").read_text())
     assert info["base_model"] == str(tiny_llama_dir) and info["method"] == "lora"
@@ -118,13 +118,13 @@ def test_quantised_methods_lower_the_loss(workdir, tiny_llama_dir, method):
     q = model.config.quantization_config
     if method == "qlora":  # 4-bit NF4 with double quantisation
         assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
-        assert metrics["adapter_use_dora"] is True
+        assert metrics["adapter.use_dora"] is True
         layer = bnb.nn.Linear4bit
     else:
         assert q.load_in_8bit
         layer = bnb.nn.Linear8bitLt
     assert len([m for m in model.modules() if isinstance(m, layer)]) == 14  # all linear layers but the tied output
-    assert metrics["adapter_modules"] == 14
+    assert metrics["adapter.modules"] == 14
     saved = json.loads((workdir / "models/finetuned/adapter_config.json").read_text())
     assert saved["r"] == 8 and saved["use_dora"] == (method == "qlora")
 
