@@ -25,7 +25,7 @@ import torch
 
 from langlift import hardware, modelcard, records, templates
 from langlift.errors import LangliftError
-from langlift.io import atomic_path, read_jsonl, write_json, write_text
+from langlift.io import atomic_path, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +199,7 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise LangliftError(f"{path}: not found (run `dvc repro split` first)")
-    out = []
-    for line, rec in read_jsonl(path):
-        records.validate("instructions", rec, path, line)
-        out.append(rec)
+    out = [rec for _, rec in records.read(path, "instructions")]
     if not out:
         raise LangliftError(f"{path}: no instruction records")
     return out

@@ -13,9 +13,8 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from langlift import records
 from langlift.errors import DataError, LangliftError
-from langlift.io import read_jsonl
-from langlift.records import validate
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +24,7 @@ def read_texts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.exists():
         raise LangliftError(f"{path}: not found (run the split stage first: dvc repro split)")
-    texts = []
-    for line, rec in read_jsonl(path):
-        validate("corpus", rec, path, line)
-        texts.append(rec["text"])
+    texts = [rec["text"] for _, rec in records.read(path, "corpus")]
     if not texts:
         raise DataError(path, None, None, "the corpus is empty: pretraining needs documents")
     return texts

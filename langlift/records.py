@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from langlift.errors import DataError
+from langlift.io import read_jsonl
 
 KINDS: dict[str, dict[str, tuple[str, ...]]] = {
     # required non-empty text fields, optional text fields, language fields
@@ -55,6 +58,13 @@ def validate(kind: str, rec: dict[str, Any], path: object, line: int | None) -> 
         value = rec.get(field, "")
         if not isinstance(value, str):
             raise DataError(path, line, field, f"expected a string, got {type(value).__name__}")
+
+
+def read(path: str | Path, kind: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line, record)`` from a JSONL file, each validated against ``kind``'s schema."""
+    for line, rec in read_jsonl(path):
+        validate(kind, rec, path, line)
+        yield line, rec
 
 
 def make(kind: str, source: str, **fields: Any) -> dict[str, Any]:

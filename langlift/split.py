@@ -17,7 +17,6 @@ from typing import Any
 
 from langlift import records
 from langlift.errors import DataError, LangliftError
-from langlift.io import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,7 @@ def group_key(rec: dict[str, Any]) -> str:
 def read_records(path: str | Path, kind: str) -> list[dict[str, Any]]:
     """Read and validate a stage output; duplicate ids are an error."""
     out, seen = [], set()
-    for lineno, rec in read_jsonl(path):
-        records.validate(kind, rec, path, lineno)
+    for lineno, rec in records.read(path, kind):
         if not isinstance(rec.get("id"), str) or not rec["id"]:
             raise DataError(path, lineno, "id", "missing")
         if rec["id"] in seen:

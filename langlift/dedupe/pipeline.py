@@ -60,8 +60,7 @@ def check_inputs(cfg: dict[str, Any]) -> None:
 def read_records(paths: list[str], kind: Kind) -> Iterator[Record]:
     """Validated records from every input file, in order."""
     for path in map(Path, paths):
-        for line, rec in read_jsonl(path):
-            records.validate(kind.name, rec, path, line)
+        for line, rec in records.read(path, kind.name):
             if not isinstance(rec.get("id"), str):
                 raise DataError(path, line, "id", "missing")
             yield rec

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from langlift.errors import LangliftError
-from langlift.io import read_jsonl, write_json, write_jsonl
-from langlift.records import make, validate
+from langlift.io import write_json, write_jsonl
+from langlift.records import make
+from langlift.records import read as read_records
 from langlift.translate.base import Backend
 from langlift.translate.cache import SegmentCache
 from langlift.translate.pipeline import Translator
@@ -102,8 +103,7 @@ def pair_records(en: dict[str, Any], xx: dict[str, Any], cfg: dict[str, Any], la
 def load_english(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Validated English instruction records (other languages are skipped with a log line)."""
     records, skipped = [], 0
-    for line, rec in read_jsonl(path):
-        validate("instructions", rec, path, line)
+    for _, rec in read_records(path, "instructions"):
         if rec["lang"] != "en":
             skipped += 1
             continue
