@@ -556,25 +556,6 @@ def merge_adapter(base: str, adapter_dir: Path, out: Path, dtype: torch.dtype) -
 # --- inference ----------------------------------------------------------------------------------------------
 
 
-def load_finetuned(model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """(model, tokenizer, info) of a fine-tuned folder: base + adapter per ``langlift.json``, or a full model."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model_dir = Path(model_dir)
-    info_path = model_dir / INFO_FILE
-    if not info_path.exists():
-        raise LangliftError(f"{model_dir}: no {INFO_FILE} (not a langlift fine-tuned model; run `dvc repro finetune`)")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if info.get("adapter_config") is None:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
-    else:
-        base = AutoModelForCausalLM.from_pretrained(resolve_base_model(info["base_model"]), dtype=dtype)
-        model = PeftModel.from_pretrained(base, str(model_dir))
-    return model.to(device).eval(), tokenizer, info
-
-
 def respond(model, tokenizer, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
             streamer: Any = None) -> str:
     """One answer to ``prompt`` through the model's chat template; tokens go to ``streamer`` as they come."""

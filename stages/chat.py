@@ -14,6 +14,7 @@ import torch
 
 from langlift import finetune as F
 from langlift.cli import run_stage
+from langlift.evaluate.models import load_finetuned
 
 
 @click.command()
@@ -27,7 +28,8 @@ def main(model_dir: str, max_new_tokens: int, temperature: float, device: str) -
     from transformers import TextStreamer
 
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    model, tokenizer, info = F.load_finetuned(model_dir, dtype=dtype, device=device)
+    loaded = load_finetuned(model_dir, device, dtype)
+    model, tokenizer, info = loaded.model, loaded.tokenizer, loaded.info
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     interactive = sys.stdin.isatty()
     if interactive:

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from conftest import az_sentences, en_sentences, write_jsonl
 from langlift import finetune as F
 from langlift.errors import DataError, LangliftError
+from langlift.evaluate.models import load_finetuned, read_manifest
 from langlift.templates import IGNORE
 
 AZ = {"instruction": "### Təlimat:\n", "input": "### Giriş:\n", "response": "### Cavab:\n"}
@@ -99,7 +100,7 @@ def test_lora_trains_and_saves_exactly_the_declared_adapter(workdir, tiny_llama_
     assert (workdir / "metrics/finetune/plots/metrics/train/loss.tsv").exists()
     assert json.loads((workdir / "metrics/finetune.json").read_text())["steps"] == 8
 
-    reloaded, _, _ = F.load_finetuned(out)
+    reloaded = load_finetuned(str(out), "cpu", torch.float32).model
     ids = torch.randint(3, 300, (2, 24))
     assert torch.equal(logits(model, ids), logits(reloaded, ids))
     from transformers import AutoModelForCausalLM
@@ -138,8 +139,8 @@ def test_full_finetune_learns_to_answer_and_stop_and_chat_streams_it(workdir, ti
     out = workdir / "models/finetuned"
     assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").exists()
 
-    reloaded, tokenizer, info = F.load_finetuned(out)
-    assert info["adapter_config"] is None
+    reloaded = load_finetuned(str(out), "cpu", torch.float32).model
+    assert read_manifest(out)["adapter_config"] is None
     ids = torch.randint(3, 300, (2, 24))
     assert torch.equal(logits(model, ids), logits(reloaded, ids))
 
@@ -249,7 +250,7 @@ def test_matrix_over_two_architectures_yields_two_adapters(workdir, tiny_llama_d
         metrics = json.loads((workdir / f"metrics/matrix/{name}.json").read_text())
         assert (workdir / f"models/matrix/{name}/adapter_model.safetensors").exists()
         assert metrics["steps"] == 2 and info["base_model"] == metrics["base_model"]
-        model, _, _ = F.load_finetuned(workdir / f"models/matrix/{name}")
+        model = load_finetuned(str(workdir / f"models/matrix/{name}"), "cpu", torch.float32).model
         assert type(model.get_base_model()).__name__ == arch
         found[name] = metrics["trainable_params"]
     assert found["llama"] != found["qwen2"]  # different MLP widths: different adapters

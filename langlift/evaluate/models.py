@@ -1,5 +1,6 @@
 """Loading the models to compare: a base model (HF directory or hub id) and a fine-tuned one
-(a PEFT adapter over its base, or a full model directory, described by ``langlift.json``)."""
+(a PEFT adapter over its base, or a full model directory, described by ``langlift.json``).
+The one loader of fine-tuned models: ``stages/chat.py`` uses it too."""
 
 from __future__ import annotations
 
