@@ -23,7 +23,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
 from datatrove.data import Document
 from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
@@ -42,6 +41,7 @@ from langlift import text  # noqa: E402
 from langlift.dedupe.minhash import lsh_params  # noqa: E402
 from langlift.dedupe.pipeline import eval_texts  # noqa: E402
 from langlift.dedupe.steps import CORPUS, Decontaminate, QualityFilter  # noqa: E402
+from langlift.params import load as load_params  # noqa: E402
 
 
 class Normalize(PipelineStep):
@@ -123,12 +123,12 @@ def main() -> None:
     ap.add_argument("--time", default="04:00:00", help="Slurm time limit per job")
     args = ap.parse_args()
 
-    params = yaml.safe_load(Path(args.params).read_text(encoding="utf-8"))
-    cfg, lang = params["dedupe"], params["language"]["code"]
-    bands, rows = lsh_params(cfg["minhash"]["threshold"], cfg["minhash"]["num_perm"])
+    params = load_params(args.params)
+    cfg, lang = params.dedupe, params.language.code
+    bands, rows = lsh_params(cfg.minhash.threshold, cfg.minhash.num_perm)
     minhash = MinhashConfig(n_grams=5, num_buckets=bands, hashes_per_bucket=rows, hash_config=HashConfig(precision=64))
-    decon = cfg["decontaminate"]
-    evals = eval_texts(decon.get("eval_sets") or [])
+    decon = cfg.decontaminate
+    evals = eval_texts(decon.eval_sets)
     src = Path(args.input)
     reader = (JsonlReader(str(src.parent), glob_pattern=src.name) if src.suffix == ".jsonl"
               else JsonlReader(args.input))
@@ -136,9 +136,9 @@ def main() -> None:
 
     filtered = executor(args, [
         reader,
-        Normalize(cfg["normalize"]),
-        Quality(lang, cfg["quality"], exclusion_writer=removed("quality")),
-        Decontam(evals, decon["ngram"], decon["min_words"], exclusion_writer=removed("contaminated")),
+        Normalize(cfg.normalize),
+        Quality(lang, cfg.quality.model_dump(), exclusion_writer=removed("quality")),
+        Decontam(evals, decon.ngram, decon.min_words, exclusion_writer=removed("contaminated")),
         JsonlWriter(f"{args.work}/filtered"),
         MinhashDedupSignature(output_folder=f"{args.work}/signatures", config=minhash, language=Words()),
     ], "1-filter-signatures", args.tasks)

@@ -1,34 +1,528 @@
-"""Reading ``params.yaml``: the single source of every stage's settings."""
+"""The typed schema of ``params.yaml``: the one way every stage reads its settings.
+
+``load()`` validates the whole file up front: an unknown key is a one-line error naming the nearest
+valid key, values are coerced where that is safe (YAML reads ``3e-3`` as a string) and refused where
+not, ranges are checked. Every default lives here and nowhere else.
+"""
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from langlift.errors import LangliftError
 
 DEFAULT_PATH = Path("params.yaml")
 
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Share = Annotated[float, Field(ge=0.0, lt=1.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+Auto = Literal["auto"]
 
-def load(path: str | Path = DEFAULT_PATH) -> dict[str, Any]:
-    """Load the params file; a missing or malformed file is a :class:`LangliftError`."""
+
+class Section(BaseModel):
+    """A params section: unknown keys are errors, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ------------------------------------------------------------------ language, fetch
+
+class Language(Section):
+    code: str = Field(min_length=2, description="ISO 639-1 (the language-ID label, the `lang` field of records)")
+    flores: str = Field(pattern=r"^[a-z]{3}_[A-Z][a-z]{3}$", description="FLORES-200 code (NLLB, lm-eval task names)")
+    name: str = Field(min_length=1)
+    script: str = Field(pattern=r"^[A-Z][a-z]{3}$", description="ISO 15924 script code")
+
+
+class FetchSource(Section):
+    """One entry of ``fetch.sources``."""
+
+    name: str = Field(min_length=1)
+    kind: Literal["instructions", "corpus", "parallel"]
+    uri: str = Field(min_length=1, description="local file or folder, hf:<dataset id>, or http(s) URL")
+    license: str = "unknown"
+    lang: str | None = None
+    src_lang: str | None = None
+    tgt_lang: str | None = None
+    tgt_uri: str | None = None
+    format: str | None = None
+    fields: dict[str, str] = Field(default_factory=dict)
+    limit: PositiveInt | None = None
+    unit: Literal["line", "paragraph", "file"] = "line"
+    detokenize: bool = False
+    split: str = "train"
+    config: str | None = None
+    revision: str | None = None
+    streaming: bool = False
+
+    @model_validator(mode="after")
+    def _parallel_langs(self) -> FetchSource:
+        if self.kind == "parallel" and not (self.src_lang and self.tgt_lang):
+            raise ValueError("parallel sources need src_lang and tgt_lang")
+        return self
+
+
+class Fetch(Section):
+    strict: bool = True
+    sources: list[FetchSource] = Field(default_factory=list)
+
+
+# ------------------------------------------------------------------ translate
+
+class Segment(Section):
+    max_chars: PositiveInt = 400
+    protect: list[Literal["code", "url", "email", "placeholder", "number"]] = ["code", "url", "email",
+                                                                               "placeholder", "number"]
+    mask: str = "<x{i}>"
+
+
+class Quality(Section):
+    length_ratio: tuple[PositiveFloat, PositiveFloat] = (0.5, 2.5)
+    ratio_min_chars: NonNegInt = 20
+    min_lang_score: Probability = 0.5
+    lang_min_chars: NonNegInt = 30
+    untranslated_min_words: PositiveInt = 4
+    max_repeats: PositiveInt = 4
+
+
+class TranslateQuality(Quality):
+    action: Literal["drop", "keep"] = "drop"
+    retry: dict[str, Any] | None = None
+
+
+class Pairs(Section):
+    enabled: bool = False
+    fields: list[Literal["instruction", "input", "output"]] = ["output"]
+    max_chars: PositiveInt = 1000
+    to_target: str = "Translate the following text from English into {name}."
+    to_english: str = "Translate the following text from {name} into English."
+
+
+class Memory(Section):
+    paths: list[str] = Field(default_factory=list)
+    source_key: str = "en"
+
+
+class Seq2Seq(Section):
+    model: str = "facebook/nllb-200-distilled-600M"
+    family: Literal["auto", "nllb", "m2m", "madlad", "marian", "plain"] = "auto"
+    tgt_code: str | None = None
+    batch_size: PositiveInt = 32
+    num_beams: PositiveInt = 1
+    max_new_tokens: PositiveInt = 256
+    ctranslate2: str | None = None
+
+
+class Llm(Section):
+    model: str = "Qwen/Qwen2.5-7B-Instruct"
+    engine: Literal["auto", "transformers", "vllm"] = "auto"
+    batch_size: PositiveInt = 16
+    max_new_tokens: PositiveInt = 512
+    temperature: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class Client(Section):
+    """An OpenAI-compatible HTTP client's limits."""
+
+    concurrency: PositiveInt = 8
+    requests_per_minute: PositiveFloat | None = None
+    max_retries: NonNegInt = 5
+    timeout: PositiveFloat = 60
+
+
+class Api(Client):
+    base_url: str = "http://localhost:11434/v1"
+    model: str = "qwen2.5:7b-instruct"
+    api_key_env: str | None = "OPENAI_API_KEY"  # null: no key (a local server)
+    max_requests: PositiveInt | None = None
+    max_tokens: PositiveInt | None = None
+    temperature: Annotated[float, Field(ge=0.0)] = 0.0
+    response_cache: str | None = None  # null: api_responses/ beside translate.cache
+
+
+class Translate(Section):
+    backend: Literal["memory", "seq2seq", "llm", "api"] = "memory"
+    fallback: list[Literal["memory", "seq2seq", "llm", "api"]] = Field(default_factory=list)
+    cache: str = ".cache/translate/segments.sqlite"
+    limit: PositiveInt | None = None
+    segment: Segment = Segment()
+    quality: TranslateQuality = TranslateQuality()
+    pairs: Pairs = Pairs()
+    prompts: dict[str, str] = {"default": "Translate the following text from English into {name}. Keep every tag "
+                                          "like <x0> exactly as it is, keep the formatting, and reply with the "
+                                          "translation only.\n\n{text}"}
+    memory: Memory = Memory()
+    seq2seq: Seq2Seq = Seq2Seq()
+    llm: Llm = Llm()
+    api: Api = Api()
+
+
+# ------------------------------------------------------------------ generate
+
+class GenerateClient(Client):
+    concurrency: PositiveInt = 4
+    timeout: PositiveFloat = 120
+
+
+class Budget(Section):
+    max_requests: PositiveInt = 300
+    max_tokens: PositiveInt = 2_000_000
+
+
+class Prices(Section):
+    input_per_1m: Annotated[float, Field(ge=0.0)] = 0.15
+    output_per_1m: Annotated[float, Field(ge=0.0)] = 0.60
+
+
+class GenerateFilters(Section):
+    min_instruction_words: NonNegInt = 3
+    max_instruction_words: PositiveInt = 150
+    max_input_words: PositiveInt = 500
+    max_output_words: PositiveInt = 1000
+    min_lang_score: Probability = 0.5
+    blocked_keywords: dict[str, list[str]] = Field(default_factory=dict)
+    refusals: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class ChatPrompt(Section):
+    system: str
+    user: str
+
+
+class Generate(Section):
+    enabled: bool = False
+    base_url: str = ""
+    model: str = "gpt-4o-mini"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    seeds: str = ""
+    target: PositiveInt = 1000
+    per_request: PositiveInt = 10
+    seeds_per_prompt: NonNegInt = 3
+    generated_per_prompt: NonNegInt = 2
+    batch_size: PositiveInt = 8
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    max_tokens: PositiveInt = 4096
+    response_format: Literal["json_object", "json_schema", "none"] = "json_object"
+    rouge_threshold: Probability = 0.7
+    cache_dir: str = ".cache/generate"
+    client: GenerateClient = GenerateClient()
+    budget: Budget = Budget()
+    prices: Prices = Prices()
+    removed_sample: NonNegInt = 20
+    filters: GenerateFilters = GenerateFilters()
+    prompt_version: str = "v1"
+    prompts: dict[str, ChatPrompt] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> Generate:
+        if self.enabled and not self.base_url:
+            raise ValueError("enabled is true but base_url is empty: set it to an OpenAI-compatible endpoint "
+                             "(e.g. https://api.openai.com/v1 or http://localhost:8000/v1)")
+        if self.enabled and "default" not in self.prompts:
+            raise ValueError("prompts needs a 'default' entry ({system, user})")
+        return self
+
+
+# ------------------------------------------------------------------ dedupe, split
+
+class DedupeInputs(Section):
+    instructions: list[str] = ["data/raw/instructions.jsonl", "data/translated/instructions.jsonl",
+                               "data/generated/instructions.jsonl"]
+    corpus: list[str] = ["data/raw/corpus.jsonl"]
+
+
+class MinHash(Section):
+    threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    num_perm: PositiveInt = 128
+    shingle: PositiveInt = 5
+
+
+class DedupeQuality(Section):
+    min_words: NonNegInt = 3
+    max_words: PositiveInt = 10_000
+    char_ngram: PositiveInt = 10
+    max_char_repetition: Probability = 0.2
+    word_ngram: PositiveInt = 3
+    max_word_repetition: Probability = 0.3
+    max_special_ratio: Probability = 0.3
+    min_lang_score: Probability = 0.5
+
+
+class EvalSet(Section):
+    path: str
+    fields: list[str] = Field(min_length=1)
+
+
+class Decontaminate(Section):
+    ngram: PositiveInt = 13
+    min_words: PositiveInt = 4
+    eval_sets: list[EvalSet] = Field(default_factory=list)
+
+
+class Dedupe(Section):
+    inputs: DedupeInputs = DedupeInputs()
+    normalize: Literal["NFC", "NFKC", "none"] = "NFC"
+    exact: bool = True
+    minhash: MinHash = MinHash()
+    quality: DedupeQuality = DedupeQuality()
+    decontaminate: Decontaminate = Decontaminate()
+    removed_sample: NonNegInt = 20
+    workers: NonNegInt = 1
+
+
+class Split(Section):
+    val: Share = 0.05
+    test: Share = 0.05
+    english_share: Share = 0.10
+    corpus_val: Share = 0.05
+    parallel_test_max: NonNegInt = 200
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> Split:
+        if self.val + self.test >= 1.0:
+            raise ValueError("val + test must leave a share for train")
+        return self
+
+
+# ------------------------------------------------------------------ pretrain, hardware
+
+class TokenizerParams(Section):
+    vocab_size: PositiveInt | None = None
+    min_frequency: PositiveInt = 2
+    reference: str | None = None
+
+
+class ModelShape(Section):
+    layers: PositiveInt | None = None
+    hidden: PositiveInt | None = None
+    heads: PositiveInt | None = None
+    kv_heads: PositiveInt | None = None
+    intermediate: PositiveInt | None = None
+    context: PositiveInt | None = None
+    tie_embeddings: bool | None = None
+    rope_theta: PositiveFloat | None = None
+
+
+class ChatMarkers(Section):
+    user: str = Field(min_length=1)
+    assistant: str = Field(min_length=1)
+
+
+class Pretrain(Section):
+    preset: Literal["tiny", "az150m"] = "tiny"
+    init: str | None = None
+    extend_vocab: NonNegInt = 0
+    tokenizer: TokenizerParams = TokenizerParams()
+    model: ModelShape = ModelShape()
+    chat: ChatMarkers = ChatMarkers(user="### Təlimat:", assistant="### Cavab:")
+    steps: PositiveInt = 150
+    batch_size: PositiveInt = 16
+    grad_accum: PositiveInt = 1
+    lr: PositiveFloat = 3.0e-3
+    min_lr_ratio: Probability = 0.1
+    warmup_steps: NonNegInt = 20
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.1
+    betas: tuple[Probability, Probability] = (0.9, 0.95)
+    grad_clip: Annotated[float, Field(ge=0.0)] = 1.0
+    log_every: PositiveInt = 10
+    eval_every: PositiveInt = 50
+    eval_batches: PositiveInt = 8
+    checkpoint_every: PositiveInt = 50
+    keep_checkpoints: PositiveInt = 2
+    checkpoint_dir: str = "checkpoints/pretrain"
+
+
+class Hardware(Section):
+    device: Auto | Literal["cpu", "cuda", "mps"] = "auto"
+    precision: Auto | Literal["fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: Auto | bool = "auto"
+    attn_implementation: Auto | Literal["sdpa", "flash_attention_2", "eager"] = "auto"
+    num_threads: Auto | PositiveInt = "auto"
+    dataloader_workers: Auto | NonNegInt = "auto"
+    padding_free: Auto | bool = "auto"
+
+
+# ------------------------------------------------------------------ finetune, evaluate
+
+class Lora(Section):
+    r: PositiveInt = 16
+    alpha: PositiveFloat = 32
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+class PromptTemplate(Section):
+    instruction: str = Field(min_length=1)
+    input: str = Field(min_length=1)
+    response: str = Field(min_length=1)
+
+
+class MatrixEntry(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    base_model: str = Field(min_length=1)
+
+
+class Finetune(Section):
+    method: Literal["full", "lora", "qlora", "lora-8bit"] = "lora"
+    lora: Lora = Lora()
+    batch_size: PositiveInt = 4
+    gradient_accumulation: PositiveInt = 2
+    max_seq_length: PositiveInt = 256
+    overlong: Literal["drop", "truncate"] = "drop"
+    packing: bool = False
+    fused_lm_head: Auto | bool = "auto"
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr"] = "cosine"
+    warmup_ratio: Share = 0.03
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    max_grad_norm: Annotated[float, Field(ge=0.0)] = 1.0
+    max_steps: Annotated[int, Field(ge=-1)] = -1
+    logging_steps: PositiveInt = 5
+    eval_steps: PositiveInt = 25
+    checkpoint_steps: PositiveInt = 50
+    resume: bool = True
+    merge: bool = False
+    template: Literal["auto", "model", "params"] = "auto"
+    templates: dict[str, PromptTemplate] = Field(default_factory=dict)
+    matrix: list[MatrixEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_matrix_names(self) -> Finetune:
+        names = [e.name for e in self.matrix]
+        if len(names) != len(set(names)):
+            raise ValueError(f"matrix: entry names must be unique, got {names}")
+        return self
+
+
+class Evaluate(Section):
+    finetuned: str = "models/finetuned"
+    corpus: str = "data/split/corpus_val.jsonl"
+    parallel: str = "data/split/parallel_test.jsonl"
+    test: str = "data/split/test.jsonl"
+    prompts: str = "data/samples/prompts.{lang}.jsonl"
+    max_docs: PositiveInt = 100
+    max_pairs: PositiveInt = 50
+    max_instructions: PositiveInt = 50
+    max_prompts: PositiveInt = 20
+    timing_prompts: PositiveInt = 5
+    max_new_tokens: PositiveInt = 48
+    batch_size: PositiveInt = 8
+    lm_eval_tasks: list[str] = Field(default_factory=list)
+    lm_eval_chat_template: bool = False
+
+
+# ------------------------------------------------------------------ the file
+
+class Params(Section):
+    """The whole of ``params.yaml``."""
+
+    seed: NonNegInt = 1234
+    lr: PositiveFloat = 2.0e-4
+    epochs: PositiveFloat = 3
+    base_model: str = "models/base"
+    language: Language
+    fetch: Fetch = Fetch()
+    translate: Translate = Translate()
+    generate: Generate = Generate()
+    dedupe: Dedupe = Dedupe()
+    split: Split = Split()
+    pretrain: Pretrain = Pretrain()
+    hardware: Hardware = Hardware()
+    finetune: Finetune = Finetune()
+    evaluate: Evaluate = Evaluate()
+
+
+# ------------------------------------------------------------------ loading and errors
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names valid at ``loc`` (the path of an unknown key, without the key itself)."""
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    return list(model.model_fields) if model else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The Section type inside an annotation like ``Lora``, ``list[EvalSet]`` or ``dict[str, ChatPrompt]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found:
+            return found
+    return None
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# common names from other tools for our keys: the nearest-key hint cannot guess these by spelling
+SYNONYMS = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+            "learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs"}
+
+
+TYPE_TAGS = {"int", "float", "str", "bool", "none", "list", "dict", "tuple"}
+
+
+def _strip_branches(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` without pydantic's union-branch tags (``int``, ``literal['auto']``, ``constrained-int``…)."""
+    return tuple(p for p in loc if isinstance(p, int) or not ("[" in p or p in TYPE_TAGS or p.startswith("constrained-")))
+
+
+def describe(error: ValidationError, path: str | Path = DEFAULT_PATH) -> str:
+    """One line for the first problem in ``error``: where, what, and the nearest valid key for a typo."""
+    errors = error.errors()
+    loc = _strip_branches(tuple(errors[0]["loc"]))
+    key = _dotted(loc)
+    if errors[0]["type"] == "extra_forbidden":
+        valid = _fields_at(Params, loc[:-1])
+        name = str(loc[-1])
+        near = [SYNONYMS[name]] if SYNONYMS.get(name) in valid else difflib.get_close_matches(name, valid, 1, 0.5)
+        hint = f" (did you mean {_dotted(loc[:-1] + (near[0],))}?)" if near else ""
+        return f"{path}: unknown key {key}{hint}"
+    same = [e for e in errors if _strip_branches(tuple(e["loc"])) == loc]
+    msgs = list(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in same))
+    msgs = msgs[:1] + [m.removeprefix("Input should be ") for m in msgs[1:]]
+    shown = "" if errors[0]["type"] in ("missing", "value_error") else f" (got {errors[0].get('input')!r})"
+    more = f"; {len(errors) - len(same)} more problem(s)" if len(errors) > len(same) else ""
+    return f"{path}: {key}: {' or '.join(msgs)}{shown}{more}"
+
+
+def validate(raw: dict[str, Any], path: str | Path = DEFAULT_PATH) -> Params:
+    """Validate a params mapping (as read from YAML); a problem is a one-line :class:`LangliftError`."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise LangliftError(describe(e, path)) from None
+
+
+def load(path: str | Path = DEFAULT_PATH) -> Params:
+    """Read and validate the params file; a missing, malformed or invalid file is a :class:`LangliftError`."""
     path = Path(path)
     try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LangliftError(f"{path}: params file not found (run from the repository root)") from None
     except yaml.YAMLError as e:
         raise LangliftError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(params, dict):
+    if not isinstance(raw, dict):
         raise LangliftError(f"{path}: expected a mapping at the top level")
-    return params
+    return validate(raw, path)
 
-
-def section(params: dict[str, Any], name: str, path: str | Path = DEFAULT_PATH) -> dict[str, Any]:
-    """Return ``params[name]``, raising a clear error when the section is missing."""
-    value = params.get(name)
-    if not isinstance(value, dict):
-        raise LangliftError(f"{path}: missing section '{name}'")
-    return value

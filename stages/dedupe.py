@@ -11,7 +11,6 @@ import click
 from langlift import dedupe
 from langlift import params as P
 from langlift.cli import run_stage
-from langlift.errors import LangliftError
 
 
 @click.command()
@@ -20,11 +19,7 @@ from langlift.errors import LangliftError
 def main(params_path: str) -> None:
     """Clean the instruction data and the corpus; count every removal by reason."""
     params = P.load(params_path)
-    cfg = P.section(params, "dedupe", params_path)
-    lang = P.section(params, "language", params_path).get("code")
-    if not lang:
-        raise LangliftError(f"{params_path}: missing key 'language.code'")
-    m = dedupe.run(cfg, lang)
+    m = dedupe.run(params.dedupe, params.language.code)
     click.echo(f"instructions={m['instructions.kept']}/{m['instructions.in']} corpus={m['corpus.kept']}/{m['corpus.in']}")
 
 

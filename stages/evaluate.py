@@ -11,7 +11,7 @@ import click
 
 from langlift.cli import run_stage
 from langlift.evaluate.runner import Outputs, evaluate, matrix_entry
-from langlift.params import load, section
+from langlift.params import load
 
 
 @click.command()
@@ -19,8 +19,8 @@ from langlift.params import load, section
 @click.option("--entry", default=None, help="Evaluate one finetune.matrix entry (models/matrix/NAME) instead.")
 @run_stage
 def main(params_path: str, entry: str | None) -> None:
-    params = load(params_path)
-    cfg = section(params, "evaluate", params_path)
+    params = load(params_path).model_dump()  # TODO(lead): typed
+    cfg = params["evaluate"]
     if entry is None:
         finetuned, base = cfg.get("finetuned"), params.get("base_model")
     else:

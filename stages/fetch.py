@@ -20,10 +20,11 @@ MANIFEST = "data/raw/manifest.json"
 @run_stage
 def main(params_path: str) -> None:
     """Fetch every source in `fetch.sources` and normalise it to the record schemas."""
-    params = P.load(params_path)
-    cfg = P.section(params, "fetch", params_path)
-    lang = P.section(params, "language", params_path)["code"]
-    sources = [Source.from_params(spec, lang) for spec in cfg.get("sources") or []]
+    params = P.load(params_path).model_dump()  # TODO(lead): typed
+    cfg = params["fetch"]
+    lang = params["language"]["code"]
+    sources = [Source.from_params({k: v for k, v in spec.items() if v != Source.__dataclass_fields__[k].default}, lang)
+               for spec in cfg["sources"]]
     if not sources:
         raise LangliftError(f"{params_path}: fetch.sources is empty")
     by_kind, manifest = fetch_all(sources, strict=bool(cfg.get("strict", True)))

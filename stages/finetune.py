@@ -21,8 +21,7 @@ from langlift.cli import run_stage
 @run_stage
 def main(params_path: str, name: str | None, base_model: str | None) -> None:
     """Fine-tune the base model on data/split/{train,val}.jsonl."""
-    params = P.load(params_path)
-    P.section(params, "finetune", params_path)
+    params = P.load(params_path).model_dump()  # TODO(lead): typed
     F.run(params, base_model=base_model, name=name)
 
 

@@ -28,7 +28,7 @@ log = logging.getLogger("langlift.generate")
 def main(params_path: str) -> None:
     """Generate, filter and deduplicate instruction tasks until `generate.target` are kept."""
     params = P.load(params_path)
-    if not P.section(params, "generate", params_path).get("enabled"):
+    if not params.generate.enabled:
         log.info("generation is disabled (generate.enabled: false): writing an empty %s. "
                  "To generate, set generate.enabled: true and generate.base_url in %s", OUT, params_path)
         write_jsonl(OUT, [])
@@ -36,7 +36,7 @@ def main(params_path: str) -> None:
         write_json(METRICS, {"enabled": False, "kept": 0})
         click.echo("generate: disabled, 0 records")
         return
-    config, client, seeds, filters = from_params(params, params_path)
+    config, client, seeds, filters = from_params(params)
     log.info("generating %d tasks in %s with %s at %s (%d seed tasks)",
              config.target, config.language, config.model, client.base_url, len(seeds))
     result = generate(config, client, seeds, filters)

@@ -21,7 +21,7 @@ from langlift.pretrain import run
 @run_stage
 def main(params_path: str, resume: bool) -> None:
     """Pretrain (or continue pretraining) the base model."""
-    run(P.load(params_path), resume=resume)
+    run(P.load(params_path).model_dump(), resume=resume)  # TODO(lead): typed
 
 
 if __name__ == "__main__":

@@ -17,13 +17,11 @@ from langlift.io import write_json, write_jsonl
 def main(params_path: str) -> None:
     """Split the cleaned data; no id or translation group lands in two splits."""
     params = P.load(params_path)
-    cfg = P.section(params, "split", params_path)
-    lang = P.section(params, "language", params_path)["code"]
-    seed = int(params.get("seed", 0))
+    cfg, lang, seed = params.split, params.language.code, params.seed
 
     instructions = S.split_instructions(
-        S.read_records("data/clean/instructions.jsonl", "instructions"), lang, seed,
-        float(cfg["val"]), float(cfg["test"]), float(cfg["english_share"]),
+        S.read_records("data/clean/instructions.jsonl", "instructions"), lang, seed, cfg.val, cfg.test,
+        cfg.english_share,
     )
     S.check_disjoint(instructions)
     if not instructions["train"]:
@@ -31,9 +29,9 @@ def main(params_path: str) -> None:
             f"data/clean/instructions.jsonl has no '{lang}' instruction records for training: "
             "the translate (or generate) stage must produce target-language records"
         )
-    corpus = S.split_corpus(S.read_records("data/clean/corpus.jsonl", "corpus"), seed, float(cfg["corpus_val"]))
+    corpus = S.split_corpus(S.read_records("data/clean/corpus.jsonl", "corpus"), seed, cfg.corpus_val)
     pairs = S.parallel_test(S.read_records("data/raw/parallel.jsonl", "parallel"), lang, seed,
-                            int(cfg["parallel_test_max"]))
+                            cfg.parallel_test_max)
 
     for name, recs in instructions.items():
         write_jsonl(f"data/split/{name}.jsonl", recs)

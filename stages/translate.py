@@ -24,9 +24,7 @@ METRICS = "metrics/translate.json"
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="Params file.")
 @run_stage
 def main(params_path: str) -> None:
-    params = P.load(params_path)
-    P.section(params, "language", params_path)
-    P.section(params, "translate", params_path)
+    params = P.load(params_path).model_dump()  # TODO(lead): typed
     translate_file(params, SOURCE, OUTPUT, REJECTED, METRICS)
 
 

@@ -27,10 +27,12 @@ from langlift.generate import Filters, load_seeds
 from langlift.generate.parse import extract
 from langlift.generate.rouge import RougeIndex, lcs_length, rouge_l, tokens
 from langlift.io import load_jsonl
+from langlift.params import GenerateFilters
+from langlift.params import load as load_params
 
 STAGE = REPO / "stages" / "generate.py"
-PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-FILTERS = Filters.from_params(PARAMS["generate"]["filters"], "az")
+PARAMS = load_params(REPO / "params.yaml")
+FILTERS = Filters.from_params(PARAMS.generate.filters, "az")
 # Azerbaijani sentences that pass every filter on their own, to build canned tasks from
 POOL = [s for s in az_sentences(1500) if 8 <= len(s.split()) <= 30 and FILTERS.check(
     {"instruction": s, "output": s})[1] is None]
@@ -249,7 +251,7 @@ def test_stalls_with_a_clear_error_when_nothing_is_kept(workdir):
 
 
 def test_disabled_writes_empty_outputs_and_says_so(workdir):
-    assert PARAMS["generate"]["enabled"] is False  # the default pipeline needs no endpoint
+    assert PARAMS.generate.enabled is False  # the default pipeline needs no endpoint
     result = invoke(str(REPO / "params.yaml"))
     assert result.exit_code == 0, result.output
     assert "disabled" in result.output
@@ -260,7 +262,7 @@ def test_disabled_writes_empty_outputs_and_says_so(workdir):
 def test_enabled_without_endpoint_is_a_clear_error(workdir):
     result = invoke(write_params(workdir, ""))
     assert result.exit_code == 1
-    assert "generate.enabled is true but generate.base_url is empty" in result.output
+    assert "generate: enabled is true but base_url is empty" in result.output
 
 
 def test_api_key_comes_from_the_named_env_var(workdir, monkeypatch):
@@ -348,8 +350,8 @@ def test_filters_normalise_fields(filters):
 
 def test_unsupported_language_needs_the_language_filter_off():
     with pytest.raises(LangliftError, match="set it to 0"):
-        Filters.from_params({"min_lang_score": 0.5}, "xx")
-    assert Filters.from_params({"min_lang_score": 0}, "xx").check(task("a b c d", "e"))[1] is None
+        Filters.from_params(GenerateFilters(min_lang_score=0.5), "xx")
+    assert Filters.from_params(GenerateFilters(min_lang_score=0), "xx").check(task("a b c d", "e"))[1] is None
 
 
 # -- ROUGE-L -----------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def workspace(tmp_path: Path, records: list[dict], **translate) -> dict:
     raw = tmp_path / "data" / "raw" / "instructions.jsonl"
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    params = load(REPO / "params.yaml")
+    params = load(REPO / "params.yaml").model_dump()
     t = params["translate"]
     t["cache"] = str(tmp_path / ".cache" / "segments.sqlite")
     t["memory"]["paths"] = [str(MEMORY)]

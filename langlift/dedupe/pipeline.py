@@ -25,6 +25,7 @@ from langlift.dedupe.steps import (
 )
 from langlift.errors import DataError, LangliftError
 from langlift.io import read_jsonl, write_json, write_jsonl
+from langlift.params import Dedupe, EvalSet
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +38,10 @@ class Outputs:
     metrics: Path = Path("metrics/data.json")
 
 
-def _get(cfg: dict[str, Any], dotted: str) -> Any:
-    value: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise LangliftError(f"params.yaml: missing key 'dedupe.{dotted}'")
-        value = value[part]
-    return value
-
-
-def check_inputs(cfg: dict[str, Any]) -> None:
+def check_inputs(cfg: Dedupe) -> None:
     """Fail before any work when an input file is missing."""
     for kind in (INSTRUCTIONS, CORPUS):
-        for path in map(Path, _get(cfg, f"inputs.{kind.name}") or []):
+        for path in map(Path, getattr(cfg.inputs, kind.name)):
             if not path.exists():
                 raise LangliftError(
                     f"dedupe.inputs.{kind.name}: {path} not found; run the stage that writes it (dvc repro) "
@@ -66,11 +58,11 @@ def read_records(paths: list[str], kind: Kind) -> Iterator[Record]:
             yield rec
 
 
-def eval_texts(sets: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Texts of the evaluation sets named in params (``[{path, fields}]``), keyed by path."""
+def eval_texts(sets: list[EvalSet]) -> dict[str, list[str]]:
+    """Texts of the evaluation sets named in ``dedupe.decontaminate.eval_sets``, keyed by path."""
     out: dict[str, list[str]] = {}
     for spec in sets:
-        path, fields = Path(spec["path"]), spec["fields"]
+        path, fields = Path(spec.path), spec.fields
         if not path.exists():
             raise LangliftError(f"dedupe.decontaminate.eval_sets: {path} not found")
         texts = out.setdefault(str(path), [])
@@ -84,37 +76,34 @@ def eval_texts(sets: list[dict[str, Any]]) -> dict[str, list[str]]:
     return out
 
 
-def build_steps(kind: Kind, cfg: dict[str, Any], lang: str, evals: dict[str, list[str]]) -> list[Step]:
+def build_steps(kind: Kind, cfg: Dedupe, lang: str, evals: dict[str, list[str]]) -> list[Step]:
     """The configured steps for ``kind``, in pipeline order."""
-    per_doc: list[Step] = [Normalize(kind, _get(cfg, "normalize"))]
-    try:
-        if kind is CORPUS:
-            per_doc.append(QualityFilter(kind, lang, **_get(cfg, "quality")))
-        steps: list[Step] = [InProcesses(per_doc, _get(cfg, "workers"))]
-        if _get(cfg, "exact"):
-            steps.append(ExactDedupe(kind))
-        steps.append(NearDedupe(kind, **_get(cfg, "minhash")))
-    except (TypeError, ValueError) as e:  # an unknown key or a value out of range
-        raise LangliftError(f"params.yaml: dedupe: {e}") from None
+    per_doc: list[Step] = [Normalize(kind, cfg.normalize)]
+    if kind is CORPUS:
+        per_doc.append(QualityFilter(kind, lang, **cfg.quality.model_dump()))
+    steps: list[Step] = [InProcesses(per_doc, cfg.workers)]
+    if cfg.exact:
+        steps.append(ExactDedupe(kind))
+    steps.append(NearDedupe(kind, **cfg.minhash.model_dump()))
     if evals:
-        steps.append(Decontaminate(kind, evals, _get(cfg, "decontaminate.ngram"), _get(cfg, "decontaminate.min_words")))
+        steps.append(Decontaminate(kind, evals, cfg.decontaminate.ngram, cfg.decontaminate.min_words))
     return steps
 
 
-def run(cfg: dict[str, Any], lang: str, out: Outputs = Outputs()) -> dict[str, Any]:
+def run(cfg: Dedupe, lang: str, out: Outputs = Outputs()) -> dict[str, Any]:
     """Clean both datasets, write the outputs atomically and return the flat metrics."""
     check_inputs(cfg)
-    evals = eval_texts(_get(cfg, "decontaminate.eval_sets") or [])
+    evals = eval_texts(cfg.decontaminate.eval_sets)
     metrics: dict[str, Any] = {}
     removed: list[Record] = []
     for kind, target in ((INSTRUCTIONS, out.instructions), (CORPUS, out.corpus)):
         steps = build_steps(kind, cfg, lang, evals)
-        collector = Collector(kind.name, [r for s in steps for r in s.reasons], _get(cfg, "removed_sample"))
+        collector = Collector(kind.name, [r for s in steps for r in s.reasons], cfg.removed_sample)
         seen, kept_langs = 0, Counter()
 
         def source() -> Iterator[Record]:
             nonlocal seen
-            for rec in read_records(_get(cfg, f"inputs.{kind.name}") or [], kind):
+            for rec in read_records(getattr(cfg.inputs, kind.name), kind):
                 seen += 1
                 yield rec
 

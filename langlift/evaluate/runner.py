@@ -20,7 +20,6 @@ from langlift.evaluate import inputs, report, timing
 from langlift.evaluate.harness import Harness
 from langlift.evaluate.models import LoadedModel, load_base, load_finetuned, read_manifest
 from langlift.io import write_json, write_text
-from langlift.params import section
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Evaluate the model at ``finetuned`` against the base it was fine-tuned from (its ``langlift.json``);
     write ``outputs``; return the flat metrics. A differing ``expected_base`` is logged."""
-    cfg, language = section(params, "evaluate"), section(params, "language")
+    cfg, language = params["evaluate"], params["language"]
     check_config(cfg)
     lang = str(language["code"])
     sets = inputs.load_all(cfg, lang)  # bad or empty inputs fail before any model is loaded

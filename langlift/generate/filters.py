@@ -14,6 +14,7 @@ from typing import Any
 
 from langlift import langid
 from langlift.errors import LangliftError
+from langlift.params import GenerateFilters
 
 NO_INPUT = {"", "<noinput>", "<no input>", "noinput", "none", "n/a", "-"}
 
@@ -48,26 +49,19 @@ class Filters:
     refusals: tuple[str, ...] = ()
 
     @classmethod
-    def from_params(cls, cfg: dict[str, Any], lang: str) -> Filters:
-        """Build from the ``generate.filters`` params; keyword and refusal lists are keyed by language code."""
-        def per_lang(key: str) -> list[str]:
-            table = cfg.get(key) or {}
-            if not isinstance(table, dict):
-                raise LangliftError(f"generate.filters.{key} must map language codes to lists")
-            return [*(table.get(lang) or []), *(table.get("en") or [] if lang != "en" else [])]
+    def from_params(cls, cfg: GenerateFilters, lang: str) -> Filters:
+        """Build from ``generate.filters``; keyword and refusal lists are keyed by language code."""
+        def per_lang(table: dict[str, list[str]]) -> list[str]:
+            return [*table.get(lang, []), *(table.get("en", []) if lang != "en" else [])]
 
-        min_score = float(cfg.get("min_lang_score", 0.5))
-        if min_score > 0 and not langid.supported(lang):
+        if cfg.min_lang_score > 0 and not langid.supported(lang):
             raise LangliftError(f"generate.filters.min_lang_score: the language-ID model has no '{lang}'; "
                                 "set it to 0 to skip the language filter")
-        return cls(lang=lang,
-                   min_instruction_words=int(cfg.get("min_instruction_words", 3)),
-                   max_instruction_words=int(cfg.get("max_instruction_words", 150)),
-                   max_input_words=int(cfg.get("max_input_words", 500)),
-                   max_output_words=int(cfg.get("max_output_words", 1000)),
-                   min_lang_score=min_score,
-                   blocked=keyword_pattern(per_lang("blocked_keywords")),
-                   refusals=tuple(unicodedata.normalize("NFC", r.casefold()) for r in per_lang("refusals")))
+        return cls(lang=lang, min_instruction_words=cfg.min_instruction_words,
+                   max_instruction_words=cfg.max_instruction_words, max_input_words=cfg.max_input_words,
+                   max_output_words=cfg.max_output_words, min_lang_score=cfg.min_lang_score,
+                   blocked=keyword_pattern(per_lang(cfg.blocked_keywords)),
+                   refusals=tuple(unicodedata.normalize("NFC", r.casefold()) for r in per_lang(cfg.refusals)))
 
     def check(self, item: dict[str, Any]) -> tuple[dict[str, str] | None, str | None]:
         """``(task, None)`` with clean ``instruction``/``input``/``output`` strings, or ``(None, reason)``."""
