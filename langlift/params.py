@@ -192,8 +192,8 @@ class GenerateFilters(Section):
 
 
 class ChatPrompt(Section):
-    system: str
-    user: str
+    system: str = ""
+    user: str = Field(pattern=r"\{examples\}", description="must contain {examples}")
 
 
 class Generate(Section):

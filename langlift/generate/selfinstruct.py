@@ -15,7 +15,7 @@ import math
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 RECENT_POOL = 100   # generated examples are sampled from the last this-many kept tasks
 STALL_ROUNDS = 5    # stop when this many rounds in a row keep nothing
-RESPONSE_FORMATS = ("json_object", "json_schema", "none")
 TASKS_SCHEMA = {
     "type": "object",
     "properties": {"tasks": {"type": "array", "items": {
@@ -80,37 +79,27 @@ def load_seeds(path: str | Path) -> list[dict[str, str]]:
 
 @dataclass
 class Config:
-    """The ``generate`` params a run needs (see params.yaml for meanings)."""
+    """The ``generate`` params a run needs, resolved for one language (validated by :mod:`langlift.params`)."""
 
     model: str
     lang: str
     language: str
     system: str
     user: str
-    prompt_version: str = "v1"
-    target: int = 100
-    per_request: int = 10
-    seeds_per_prompt: int = 3
-    generated_per_prompt: int = 2
-    batch_size: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 4096
-    response_format: str = "json_object"
-    rouge_threshold: float = 0.7
-    seed: int = 0
-    removed_sample: int = 20
-    prices: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for key in ("target", "per_request", "batch_size", "max_tokens"):
-            if int(getattr(self, key)) < 1:
-                raise LangliftError(f"generate.{key} must be at least 1, got {getattr(self, key)}")
-        if self.response_format not in RESPONSE_FORMATS:
-            raise LangliftError(f"generate.response_format must be one of {RESPONSE_FORMATS}, "
-                                f"got {self.response_format!r}")
-        if "{examples}" not in self.user:
-            raise LangliftError("the generate prompt's user template must contain {examples}")
+    prompt_version: str
+    target: int
+    per_request: int
+    seeds_per_prompt: int
+    generated_per_prompt: int
+    batch_size: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+    response_format: str
+    rouge_threshold: float
+    seed: int
+    removed_sample: int
+    prices: dict[str, float]
 
     def request_params(self, response_format: str) -> dict[str, Any]:
         params: dict[str, Any] = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
