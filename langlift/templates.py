@@ -142,11 +142,19 @@ def encode(tokenizer: Any, messages: list[dict[str, str]], template: Template) -
     )
     ids, mask = list(enc["input_ids"]), enc["assistant_masks"]
     labels = [i if m else IGNORE for i, m in zip(ids, mask, strict=True)]
+    if 1 not in mask:
+        return ids, labels, False  # no response tokens: encode_records drops and counts it
     last = max(k for k, m in enumerate(mask) if m)
     if ids[last] == tokenizer.eos_token_id:
         return ids, labels, False
     eos = tokenizer.eos_token_id
     return ids[: last + 1] + [eos] + ids[last + 1 :], labels[: last + 1] + [eos] + labels[last + 1 :], True
+
+
+def has_response(tokenizer: Any, labels: list[int]) -> bool:
+    """Whether the labelled tokens hold any response text (not only EOS or other special tokens)."""
+    labelled = [x for x in labels if x != IGNORE]
+    return bool(labelled) and bool(tokenizer.decode(labelled, skip_special_tokens=True).strip())
 
 
 @dataclass
@@ -157,6 +165,7 @@ class EncodeStats:
     kept: int = 0
     truncated: int = 0
     dropped_overlong: int = 0
+    dropped_no_response: int = 0  # the template rendered the response empty: nothing to learn
     eos_inserted: int = 0
     tokens: int = 0
     response_tokens: int = 0
@@ -165,18 +174,23 @@ class EncodeStats:
 def encode_records(
     records: Iterable[dict[str, Any]], tokenizer: Any, template: Template, max_length: int, overlong: str, desc: str
 ) -> tuple[list[dict[str, list[int]]], EncodeStats]:
-    """Encode records for SFT; examples over ``max_length`` are dropped or truncated (and counted)."""
+    """Encode records for SFT; examples over ``max_length`` are dropped or truncated, examples whose
+    response the template renders empty are dropped (both counted); an error if none is left."""
     if overlong not in OVERLONG:
         raise LangliftError(f"params.yaml: finetune.overlong: {overlong!r} is not one of {OVERLONG}")
     if tokenizer.eos_token_id is None:
         raise LangliftError("the base model's tokenizer has no eos_token; set one so the model can learn to stop")
-    out, stats = [], EncodeStats()
+    out, stats, empty_ids = [], EncodeStats(), []
     for rec in tqdm(records, desc=f"encoding {desc}", unit="ex", leave=False):
         stats.examples += 1
         ids, labels, inserted = encode(tokenizer, to_messages(rec, template), template)
+        if not has_response(tokenizer, labels):
+            stats.dropped_no_response += 1
+            empty_ids.append(rec.get("id"))
+            continue
         stats.eos_inserted += inserted
         if len(ids) > max_length:
-            if overlong == "drop" or all(x == IGNORE for x in labels[:max_length]):
+            if overlong == "drop" or not has_response(tokenizer, labels[:max_length]):
                 stats.dropped_overlong += 1
                 continue
             ids, labels = ids[:max_length], labels[:max_length]
@@ -193,4 +207,19 @@ def encode_records(
             desc, stats.truncated + stats.dropped_overlong, stats.examples, max_length,
             stats.truncated, stats.dropped_overlong, overlong,
         )
+    if stats.dropped_no_response:
+        _no_response(desc, stats, empty_ids, template)
     return out, stats
+
+
+def _no_response(desc: str, stats: EncodeStats, ids: list[Any], template: Template) -> None:
+    """Warn about examples dropped for an empty response; an error when they leave nothing to train on."""
+    hint = (f"the chat template ({template.source}) renders their 'output' empty: fix those records, or the "
+            "template's {% generation %} block (finetune.template: params uses the language's markers)")
+    if not stats.kept:
+        raise LangliftError(
+            f"{desc}: no example left: {stats.dropped_no_response} of {stats.examples} have no response tokens "
+            f"(e.g. record id {ids[0]!r}) and {stats.dropped_overlong} are over-long; {hint}"
+        )
+    log.warning("%s: %d of %d examples dropped with no response tokens (e.g. record id %r); %s",
+                desc, stats.dropped_no_response, stats.examples, ids[0], hint)

@@ -100,10 +100,13 @@ def load_reference(name: str | None) -> PreTrainedTokenizerBase | None:
 
 
 def finalize(tokenizer: PreTrainedTokenizerBase, template: str, context: int) -> PreTrainedTokenizerBase:
-    """Make sure BOS/EOS/PAD exist (reusing EOS as PAD only if there is no pad) and set the chat template."""
-    missing = [name for name in ("bos_token", "eos_token") if getattr(tokenizer, name) is None]
-    if missing:
-        raise LangliftError(f"tokenizer has no {' or '.join(missing)}; pretraining needs both")
+    """Make sure EOS and PAD exist (reusing EOS as PAD only if there is no pad) and set the chat template.
+
+    BOS is optional: without one (Qwen2, GPT-2 families) documents are separated by EOS alone, as those
+    models were pretrained (see :func:`langlift.packing.tokenize`).
+    """
+    if tokenizer.eos_token is None:
+        raise LangliftError("tokenizer has no eos_token; pretraining separates documents with it")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.chat_template = template

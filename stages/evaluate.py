@@ -19,12 +19,11 @@ from langlift.params import load
 @click.option("--entry", default=None, help="Evaluate one finetune.matrix entry (models/matrix/NAME) instead.")
 @run_stage
 def main(params_path: str, entry: str | None) -> None:
-    params = load(params_path).model_dump()  # TODO(lead): typed
-    cfg = params["evaluate"]
+    params = load(params_path)
     if entry is None:
-        finetuned, base = cfg.get("finetuned"), params.get("base_model")
+        finetuned, base = params.evaluate.finetuned, params.base_model
     else:
-        finetuned, base = f"models/matrix/{entry}", matrix_entry(params, entry).get("base_model")
+        finetuned, base = f"models/matrix/{entry}", matrix_entry(params, entry).base_model
     flat = evaluate(params, finetuned, Outputs.for_entry("metrics", entry), expected_base=base)
     click.echo(f"evaluate: {len(flat)} metrics written")
 

@@ -75,6 +75,49 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     return path
 
 
+QWEN2_EOS = "<|endoftext|>"  # Qwen2's document separator, EOS and pad; Qwen2 tokenizers have no BOS
+
+
+def build_qwen2_tokenizer(vocab_size: int = 768):
+    """A Qwen2Tokenizer (byte-level BPE, no BOS) trained on the Azerbaijani and English samples.
+
+    A ``qwen2`` model folder is always loaded with ``Qwen2Tokenizer``, which rebuilds Qwen's byte-level
+    pipeline around the saved vocabulary: only a byte-level vocabulary survives that, so this one is
+    trained with exactly that pipeline (every byte in the alphabet, so every text round-trips).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    pipeline = Qwen2Tokenizer()._tokenizer  # Qwen's normaliser, pre-tokeniser and decoder
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer, bpe.pre_tokenizer, bpe.decoder = pipeline.normalizer, pipeline.pre_tokenizer, pipeline.decoder
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[QWEN2_EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(az_sentences(1500) + en_sentences(500), trainer)
+    spec = json.loads(bpe.to_str())["model"]
+    tok = Qwen2Tokenizer(vocab=spec["vocab"], merges=[tuple(m) for m in spec["merges"]])
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory) -> Path:
+    """A saved, randomly initialised 2-layer Qwen2 with a Qwen2 tokenizer (byte-level BPE, no BOS) beside it."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = build_qwen2_tokenizer()
+    torch.manual_seed(1)
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    path = tmp_path_factory.mktemp("qwen2")
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     """Write test rows as JSONL (tests build their inputs with this)."""
     path.parent.mkdir(parents=True, exist_ok=True)

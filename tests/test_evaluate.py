@@ -18,8 +18,9 @@ from langlift.evaluate.harness import Harness
 from langlift.evaluate.inputs import EvalSets
 from langlift.evaluate.metrics import translation_scores
 from langlift.evaluate.models import load_base
+from langlift.params import Evaluate, Language, Params
 
-LANGUAGE = {"code": "az", "flores": "azj_Latn", "name": "Azerbaijani", "script": "Latn"}
+LANGUAGE = Language(code="az", flores="azj_Latn", name="Azerbaijani", script="Latn")
 
 
 def _stage():
@@ -29,19 +30,26 @@ def _stage():
     return module.main
 
 
-@pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory, tiny_llama_dir):
-    """A LoRA adapter on the tiny Llama, non-zero so the fine-tuned model differs from its base."""
+def _save_lora(base, path):
+    """A LoRA adapter on ``base`` saved to ``path``, non-zero so the fine-tuned model differs from its base."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(1)
     model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+        AutoModelForCausalLM.from_pretrained(base),
         LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
     )
-    path = tmp_path_factory.mktemp("finetuned")
     model.save_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory, tiny_llama_dir):
+    """A LoRA adapter on the tiny Llama, with the base's tokenizer and a manifest without a template."""
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("finetuned")
+    _save_lora(tiny_llama_dir, path)
     AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(path)
     (path / "langlift.json").write_text(json.dumps({"base_model": str(tiny_llama_dir), "method": "lora"}))
     return path
@@ -63,7 +71,7 @@ def _write_inputs(root, n_docs=8, n_pairs=6, n_instr=6, n_prompts=3):
 
 def _params(root, base, finetuned, **evaluate):
     return {
-        "seed": 7, "base_model": str(base), "language": LANGUAGE,
+        "seed": 7, "base_model": str(base), "language": LANGUAGE.model_dump(),
         "hardware": {"precision": "fp32", "num_threads": 1},
         "evaluate": {
             "finetuned": str(finetuned), "corpus": str(root / "corpus_val.jsonl"),
@@ -85,7 +93,7 @@ def test_perplexity_is_exp_of_mean_token_nll(tmp_path, tiny_llama_dir):
     loaded = load_base(str(tiny_llama_dir), "cpu", torch.float32)
     model, tok = loaded.model, loaded.tokenizer
     texts = [{"id": f"d{i}", "text": t} for i, t in enumerate(az_sentences(12)[2:12])]
-    harness = Harness(EvalSets(texts, [], [], []), LANGUAGE, {"max_new_tokens": 8, "batch_size": 4}, tmp_path, 0)
+    harness = Harness(EvalSets(texts, [], [], []), LANGUAGE, Evaluate(max_new_tokens=8, batch_size=4), tmp_path, 0)
     got = harness.perplexity(loaded)
 
     # Directly: each text as [BOS] + tokens (no special tokens added), every token scored once given
@@ -190,6 +198,46 @@ def test_model_without_chat_template_is_a_clear_error(tmp_path, tiny_llama_dir):
         load_base(str(tmp_path), "cpu", torch.float32)
 
 
+def test_base_without_chat_template_is_prompted_with_the_finetune_template(tmp_path, monkeypatch, tiny_llama_dir):
+    """A raw base (no chat template, as Llama-2 or Mistral-v0.1) fine-tuned with the params template: base and
+    fine-tune are both prompted through the template recorded in langlift.json."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from langlift.evaluate.models import load_finetuned, read_manifest, trained_template
+    from langlift.templates import prompt_messages, resolve
+
+    base, finetuned = tmp_path / "raw-base", tmp_path / "finetuned"
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tok.chat_template = None
+    AutoModelForCausalLM.from_pretrained(tiny_llama_dir).save_pretrained(base)
+    tok.save_pretrained(base)
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    assert not AutoTokenizer.from_pretrained(base).chat_template
+
+    # the fine-tune as the finetune stage writes it: the tokenizer carries the template trained on, and
+    # langlift.json records it
+    markers = {"instruction": "### Təlimat:\n", "input": "### Giriş:\n", "response": "### Cavab:\n"}
+    template = resolve(tok, {"template": "auto", "templates": {"az": markers}}, "az")
+    _save_lora(base, finetuned)
+    tok.chat_template = template.chat_template
+    tok.save_pretrained(finetuned)
+    (finetuned / "langlift.json").write_text(json.dumps(
+        {"base_model": str(base), "method": "lora", "template": template.as_dict()}, ensure_ascii=False))
+
+    _write_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = _run(tmp_path, _params(tmp_path, base, finetuned))
+    assert result.exit_code == 0, result.output
+    models = json.loads((tmp_path / "metrics" / "evaluate_details.json").read_text())["models"]
+    assert models["base"]["template"] == models["finetuned"]["template"] == "params:az"
+
+    used = trained_template(read_manifest(finetuned))
+    prompts = [loaded.tokenizer.apply_chat_template(prompt_messages("Salam"), add_generation_prompt=True, tokenize=False)
+               for loaded in (load_base(str(base), "cpu", torch.float32, used),
+                              load_finetuned(str(finetuned), "cpu", torch.float32))]
+    assert prompts == ["### Təlimat:\nSalam\n\n### Cavab:\n"] * 2
+
+
 def test_finetuned_without_manifest_and_unknown_matrix_entry(tmp_path, monkeypatch, tiny_llama_dir):
     _write_inputs(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -207,8 +255,7 @@ def test_listed_local_task_is_scored_by_lm_eval(tmp_path, tiny_llama_dir):
     az = az_sentences(30)
     recs = [{"id": f"t{i}", "instruction": az[i], "input": "", "output": az[10 + i], "lang": "az", "source": "t"}
             for i in range(4)]
-    cfg = {"max_new_tokens": 8, "batch_size": 4, "lm_eval_tasks": ["langlift_answer_loglikelihood"],
-           "lm_eval_chat_template": False}
+    cfg = Evaluate(max_new_tokens=8, batch_size=4, lm_eval_tasks=["langlift_answer_loglikelihood"])
     harness = Harness(EvalSets([], [], recs, []), LANGUAGE, cfg, tmp_path, 0)
     assert harness.builtin_tasks == [] and "langlift_answer_loglikelihood" in harness.task_names()
     got = harness.listed(loaded)
@@ -230,10 +277,10 @@ def test_builtin_lm_eval_task_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     sets = EvalSets([{"id": "d", "text": "Salam."}], [], [], [])
-    cfg = {"max_new_tokens": 8, "batch_size": 4, "lm_eval_tasks": ["belebele_azj_Latn", "no_such_task"]}
+    cfg = Evaluate(max_new_tokens=8, batch_size=4, lm_eval_tasks=["belebele_azj_Latn", "no_such_task"])
     with pytest.raises(LangliftError, match=r"unknown lm-eval task\(s\) \['no_such_task'\]"):
         Harness(sets, LANGUAGE, cfg, tmp_path, 0)
-    cfg["lm_eval_tasks"] = ["belebele_azj_Latn"]
+    cfg.lm_eval_tasks = ["belebele_azj_Latn"]
     with pytest.raises(LangliftError, match="cannot load their data .*Hugging Face hub"):
         Harness(sets, LANGUAGE, cfg, tmp_path, 0)
 
@@ -248,7 +295,7 @@ def test_prompts_match_the_finetune_format(tmp_path):
     pair = {"id": "p", "en": "Good morning.", "xx": "Sabahınız xeyir."}
     marker = "### Giriş:\n"
     harness = Harness(EvalSets([], [pair], [rec, {**rec, "id": "u", "input": " "}], []), LANGUAGE,
-                      {"max_new_tokens": 8, "batch_size": 4}, tmp_path, 0, input_marker=marker)
+                      Evaluate(max_new_tokens=8, batch_size=4), tmp_path, 0, input_marker=marker)
     tasks = TaskManager(include_defaults=False).load(
         [harness.instructions_task, *harness.translate_tasks.values()])["tasks"]
     template = Template("params:az", "", marker)
@@ -263,7 +310,7 @@ def test_prompts_match_the_finetune_format(tmp_path):
     assert tasks["langlift_translate_az_en"].doc_to_text(doc).endswith("into English.\n\nSabahınız xeyir.")
 
 
-@pytest.mark.parametrize(("key", "value"), [("max_new_tokens", 0), ("batch_size", "8"), ("timing_prompts", None)])
+@pytest.mark.parametrize(("key", "value"), [("max_new_tokens", 0), ("batch_size", "eight"), ("timing_prompts", None)])
 def test_bad_params_are_clear_errors(tmp_path, monkeypatch, tiny_llama_dir, lora_dir, key, value):
     _write_inputs(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -274,8 +321,8 @@ def test_bad_params_are_clear_errors(tmp_path, monkeypatch, tiny_llama_dir, lora
 def test_matrix_entry_outputs():
     from langlift.evaluate.runner import Outputs, matrix_entry
 
-    params = {"finetune": {"matrix": [{"name": "qwen", "base_model": "Qwen/Qwen2.5-0.5B"}]}}
-    assert matrix_entry(params, "qwen")["base_model"] == "Qwen/Qwen2.5-0.5B"
+    params = Params(language=LANGUAGE, finetune={"matrix": [{"name": "qwen", "base_model": "Qwen/Qwen2.5-0.5B"}]})
+    assert matrix_entry(params, "qwen").base_model == "Qwen/Qwen2.5-0.5B"
     out = Outputs.for_entry("metrics", "qwen")
     assert [str(p) for p in (out.metrics, out.details, out.samples, out.plots)] == [
         "metrics/matrix/qwen_evaluate.json", "metrics/matrix/qwen_evaluate_details.json",

@@ -87,3 +87,31 @@ def test_overlong_examples_are_dropped_or_truncated_and_counted(tok):
 
     with pytest.raises(LangliftError, match="overlong"):
         T.encode_records([short], tok, template, 64, "wrap", "t")
+
+
+# a model template that keeps only the final answer of a reasoning trace, as reasoning models' templates do
+THINKING = ("{% for m in messages %}{% if m['role'] == 'user' %}### Təlimat:\n{{ m['content'] }}\n\n"
+            "{% else %}### Cavab:\n{% generation %}{{ m['content'].split('</think>')[-1] | trim }}{% endgeneration %}"
+            "{{ eos_token }}\n\n{% endif %}{% endfor %}{% if add_generation_prompt %}### Cavab:\n{% endif %}")
+
+
+def test_examples_without_response_tokens_are_dropped_and_counted():
+    thinking = build_tokenizer()
+    thinking.chat_template = THINKING
+    template = T.resolve(thinking, {"template": "model"}, "az")
+    empty = dict(rec(output="<think>Paytaxt Bakıdır.</think>"), id="empty")
+    rows, stats = T.encode_records([rec(), empty, rec(output="Gəncə.")], thinking, template, 512, "drop", "t")
+    assert (stats.examples, stats.kept, stats.dropped_no_response, stats.dropped_overlong) == (3, 2, 1, 0)
+    answers = [response_text(thinking, r["input_ids"], r["labels"]) for r in rows]
+    assert answers == ["Bakı şəhəridir.</s>", "Gəncə.</s>"]
+    with pytest.raises(LangliftError, match=r"t: no example left: 1 of 1 have no response tokens \(e.g. record id "
+                                            r"'empty'\).*chat template \(model\) renders their 'output' empty"):
+        T.encode_records([empty], thinking, template, 512, "drop", "t")
+
+    # a template that labels only EOS for an empty response teaches nothing but stopping: dropped too
+    eos_only = build_tokenizer()
+    eos_only.chat_template = CHAT_TEMPLATE.replace("{{ m['content'] }}{{ eos_token }}",
+                                                   "{{ m['content'].split('</think>')[-1] | trim }}{{ eos_token }}")
+    template = T.resolve(eos_only, {"template": "model"}, "az")
+    rows, stats = T.encode_records([rec(), empty], eos_only, template, 512, "truncate", "t")
+    assert (stats.kept, stats.dropped_no_response) == (1, 1)

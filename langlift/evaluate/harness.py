@@ -18,6 +18,7 @@ from langlift.evaluate import metrics
 from langlift.evaluate.inputs import EvalSets
 from langlift.evaluate.models import LoadedModel
 from langlift.io import write_jsonl
+from langlift.params import Evaluate, Language
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +62,18 @@ class Harness:
     """This run's lm-eval tasks over the evaluation sets, written once to ``workdir``."""
 
     def __init__(
-        self, sets: EvalSets, language: dict[str, Any], cfg: dict[str, Any], workdir: Path, seed: int,
+        self, sets: EvalSets, language: Language, cfg: Evaluate, workdir: Path, seed: int,
         input_marker: str = "",
     ):
         """``input_marker`` goes before an instruction's ``input``, as the finetune stage formatted it."""
         self.sets, self.cfg, self.seed = sets, cfg, seed
-        self.lang = str(language["code"])
+        self.lang = language.code
         files = {name: workdir / f"{name}.jsonl" for name in ("texts", "pairs", "instructions")}
         write_jsonl(files["texts"], sets.texts)
         write_jsonl(files["pairs"], sets.pairs)
         write_jsonl(files["instructions"], sets.instructions)
-        common = {"cache_dir": str(workdir / "datasets_cache"), "max_new_tokens": int(cfg["max_new_tokens"])}
-        names = {"en": "English", "xx": str(language["name"])}
+        common = {"cache_dir": str(workdir / "datasets_cache"), "max_new_tokens": cfg.max_new_tokens}
+        names = {"en": "English", "xx": language.name}
         self.ppl_task = render_task("langlift_perplexity", data_file=str(files["texts"]), **common)
         self.translate_tasks = {
             f"{a}_{b}".replace("xx", self.lang): render_task(
@@ -91,7 +92,7 @@ class Harness:
             "instructions_file": str(files["instructions"]), "input_marker": input_marker,
             "language_code": self.lang, "language_name": names["xx"],
         }
-        listed, local = [str(t) for t in cfg.get("lm_eval_tasks") or []], set(local_task_names())
+        listed, local = cfg.lm_eval_tasks, set(local_task_names())
         self.local_tasks = [render_task(name, **placeholders) for name in listed if name in local]
         self.builtin_tasks = [name for name in listed if name not in local]
         self.manager = self._builtin_manager() if self.builtin_tasks else None
@@ -116,7 +117,7 @@ class Harness:
         from lm_eval.models.huggingface import HFLM
 
         return HFLM(
-            pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=int(self.cfg["batch_size"]),
+            pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=self.cfg.batch_size,
             add_bos_token=add_bos_token,
         )
 
@@ -188,7 +189,7 @@ class Harness:
             return {}
         results = self._evaluate(  # the tokenizer's own special tokens, as lm-eval runs tasks by default
             self._lm(loaded, add_bos_token=None), [*self.local_tasks, *self.builtin_tasks], task_manager=self.manager,
-            apply_chat_template=bool(self.cfg["lm_eval_chat_template"]),
+            apply_chat_template=self.cfg.lm_eval_chat_template,
         )
         flat: dict[str, float] = {}
         for task, scores in results["results"].items():

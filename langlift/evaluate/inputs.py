@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from langlift import records
+from langlift.params import Evaluate
 from langlift.errors import DataError
 from langlift.io import read_jsonl
 
@@ -89,11 +90,11 @@ def load_prompts(path: str | Path, limit: int) -> list[dict[str, Any]]:
     return [{"id": r["id"], "prompt": r["prompt"]} for _, r in rows[:limit]]
 
 
-def load_all(cfg: dict[str, Any], lang: str) -> EvalSets:
+def load_all(cfg: Evaluate, lang: str) -> EvalSets:
     """All four sets from the paths and caps in the ``evaluate`` params section."""
     return EvalSets(
-        texts=load_texts(cfg["corpus"], int(cfg["max_docs"])),
-        pairs=load_pairs(cfg["parallel"], lang, int(cfg["max_pairs"])),
-        instructions=load_instructions(cfg["test"], lang, int(cfg["max_instructions"])),
-        prompts=load_prompts(cfg["prompts"].format(lang=lang), int(cfg["max_prompts"])),
+        texts=load_texts(cfg.corpus, cfg.max_docs),
+        pairs=load_pairs(cfg.parallel, lang, cfg.max_pairs),
+        instructions=load_instructions(cfg.test, lang, cfg.max_instructions),
+        prompts=load_prompts(cfg.prompts.format(lang=lang), cfg.max_prompts),
     )

@@ -36,10 +36,13 @@ def _from_pretrained(loader: Any, path: str, what: str, **kwargs: Any) -> Any:
         raise LangliftError(f"{path}: cannot load {what} ({type(e).__name__}: {str(e).splitlines()[0]}); {hint}") from None
 
 
-def _tokenizer(path: str) -> Any:
+def _tokenizer(path: str, chat_template: str | None = None) -> Any:
+    """The tokenizer at ``path``, prompting through ``chat_template`` when given, else through its own."""
     from transformers import AutoTokenizer
 
     tok = _from_pretrained(AutoTokenizer, path, "the tokenizer")
+    if chat_template:
+        tok.chat_template = chat_template
     if not tok.chat_template:
         raise LangliftError(
             f"{path}: the tokenizer has no chat template; evaluation prompts every model through its chat "
@@ -61,12 +64,18 @@ def _info(model: Any, **extra: Any) -> dict[str, Any]:
     return {**extra, "parameters": sum(p.numel() for p in model.parameters()), "dtype": str(next(model.parameters()).dtype)}
 
 
-def load_base(path: str, device: str, dtype: torch.dtype) -> LoadedModel:
-    """A causal LM and its tokenizer from one directory or hub id."""
+def load_base(path: str, device: str, dtype: torch.dtype, template: dict[str, str] | None = None) -> LoadedModel:
+    """A causal LM and its tokenizer from one directory or hub id, prompted through ``template`` (a fine-tune's
+    :func:`trained_template`) when given, so a base without a chat template is prompted as its fine-tune."""
     log.info("loading base model %s (%s, %s)", path, device, dtype)
-    tok = _tokenizer(path)
+    tok = _tokenizer(path, (template or {}).get("chat_template"))
     model = _causal_lm(path, device, dtype)
-    return LoadedModel(model, tok, _info(model, path=path, kind="base"))
+    return LoadedModel(model, tok, _info(model, path=path, kind="base", template=_source(template)))
+
+
+def _source(template: dict[str, str] | None) -> str:
+    """Where the chat template the model is prompted through came from, for the details file."""
+    return template["source"] if template else "tokenizer"
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -84,12 +93,23 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def trained_template(manifest: dict[str, Any]) -> dict[str, str] | None:
+    """The chat template finetune trained with (``template`` in ``langlift.json``: source, chat_template),
+    or None for a manifest that predates it (the tokenizers' own templates are used then)."""
+    template = manifest.get("template")
+    if not isinstance(template, dict) or not template.get("chat_template"):
+        return None
+    return {"source": str(template.get("source") or "langlift.json"), "chat_template": str(template["chat_template"])}
+
+
 def load_finetuned(path: str, device: str, dtype: torch.dtype) -> LoadedModel:
-    """Base plus adapter (PEFT, not merged: the weights as finetune saved them) or a full model."""
+    """Base plus adapter (PEFT, not merged: the weights as finetune saved them) or a full model, prompted
+    through the chat template it was trained with."""
     manifest = read_manifest(path)
     folder = Path(path)
     tok_dir = path if (folder / "tokenizer_config.json").is_file() else manifest["base_model"]
-    tok = _tokenizer(tok_dir)
+    template = trained_template(manifest)
+    tok = _tokenizer(tok_dir, (template or {}).get("chat_template"))
     if (folder / "adapter_config.json").is_file():
         from peft import PeftModel
 
@@ -101,5 +121,6 @@ def load_finetuned(path: str, device: str, dtype: torch.dtype) -> LoadedModel:
         model = _causal_lm(path, device, dtype)
     else:
         raise LangliftError(f"{path}: neither adapter_config.json nor config.json; not a model or adapter directory")
-    info = _info(model, path=path, kind="finetuned", method=manifest["method"], base_model=manifest["base_model"])
+    info = _info(model, path=path, kind="finetuned", method=manifest["method"], base_model=manifest["base_model"],
+                 template=_source(template))
     return LoadedModel(model, tok, info)

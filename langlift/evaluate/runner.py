@@ -18,8 +18,9 @@ from langlift import hardware
 from langlift.errors import LangliftError
 from langlift.evaluate import inputs, report, timing
 from langlift.evaluate.harness import Harness
-from langlift.evaluate.models import LoadedModel, load_base, load_finetuned, read_manifest
+from langlift.evaluate.models import LoadedModel, load_base, load_finetuned, read_manifest, trained_template
 from langlift.io import write_json, write_text
+from langlift.params import Evaluate, MatrixEntry, Params
 
 log = logging.getLogger(__name__)
 
@@ -43,43 +44,28 @@ class Outputs:
         return cls(d / f"{p}evaluate.json", d / f"{p}evaluate_details.json", d / f"{p}samples.md", d / f"{p}evaluate_plots")
 
 
-def matrix_entry(params: dict[str, Any], name: str) -> dict[str, Any]:
+def matrix_entry(params: Params, name: str) -> MatrixEntry:
     """The ``finetune.matrix`` entry called ``name``."""
-    entries = (params.get("finetune") or {}).get("matrix") or []
-    for entry in entries:
-        if isinstance(entry, dict) and entry.get("name") == name:
+    for entry in params.finetune.matrix:
+        if entry.name == name:
             return entry
     raise LangliftError(f"params.yaml: finetune.matrix has no entry named {name!r}")
 
 
-POSITIVE = ("max_docs", "max_pairs", "max_instructions", "max_prompts", "timing_prompts", "max_new_tokens", "batch_size")
-
-
-def check_config(cfg: dict[str, Any]) -> None:
-    """The ``evaluate`` section's sizes must be positive integers and its paths present."""
-    for key in ("finetuned", "corpus", "parallel", "test", "prompts", *POSITIVE):
-        if cfg.get(key) in (None, ""):
-            raise LangliftError(f"params.yaml: evaluate.{key}: missing")
-    for key in POSITIVE:
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise LangliftError(f"params.yaml: evaluate.{key}: expected a positive integer, got {cfg[key]!r}")
-
-
 def evaluate(
-    params: dict[str, Any], finetuned: str, outputs: Outputs, expected_base: str | None = None
+    params: Params, finetuned: str, outputs: Outputs, expected_base: str | None = None
 ) -> dict[str, float]:
     """Evaluate the model at ``finetuned`` against the base it was fine-tuned from (its ``langlift.json``);
     write ``outputs``; return the flat metrics. A differing ``expected_base`` is logged."""
-    cfg, language = params["evaluate"], params["language"]
-    check_config(cfg)
-    lang = str(language["code"])
+    cfg, language = params.evaluate, params.language
+    lang = language.code
     sets = inputs.load_all(cfg, lang)  # bad or empty inputs fail before any model is loaded
     manifest = read_manifest(finetuned)
     base = manifest["base_model"]
     if expected_base is not None and str(expected_base) != base:
         log.warning("%s was fine-tuned from %s, not %s as params say: comparing against %s",
                     finetuned, base, expected_base, base)
-    settings = hardware.choose(params.get("hardware"))
+    settings = hardware.choose(params.hardware.model_dump())
     hardware.apply(settings)
     log.info("evaluating on %d documents, %d pairs per direction, %d instructions, %d prompts",
              len(sets.texts), len(sets.pairs), len(sets.instructions), len(sets.prompts))
@@ -90,11 +76,15 @@ def evaluate(
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="langlift-evaluate-") as work:
         input_marker = str((manifest.get("template") or {}).get("input_marker") or "")
-        harness = Harness(sets, language, cfg, Path(work), int(params.get("seed", 0)), input_marker)
-        for name, loader, path in (("base", load_base, base), ("finetuned", load_finetuned, finetuned)):
+        harness = Harness(sets, language, cfg, Path(work), params.seed, input_marker)
+        # both models are prompted through the template finetune trained with (a base may have none of its own)
+        template = trained_template(manifest)
+        loaders = (("base", lambda: load_base(base, settings.device, settings.dtype, template)),
+                   ("finetuned", lambda: load_finetuned(finetuned, settings.device, settings.dtype)))
+        for name, load in loaders:
             start = time.perf_counter()
             timing.reset_peak_memory(settings.device)
-            loaded = loader(path, settings.device, settings.dtype)
+            loaded = load()
             per_model[name], answers[name] = _score(harness, loaded, sets, cfg, settings.device)
             models[name] = loaded.info
             seconds[name] = round(time.perf_counter() - start, 1)
@@ -118,19 +108,19 @@ def evaluate(
     })
     report.write_plots(outputs.plots, per_model)
     write_text(outputs.samples, report.samples_markdown(
-        sets.prompts, answers, models, per_model, str(language["name"]), cfg["max_new_tokens"],
-        min(cfg["timing_prompts"], len(sets.prompts)),
+        sets.prompts, answers, models, per_model, language.name, cfg.max_new_tokens,
+        min(cfg.timing_prompts, len(sets.prompts)),
     ))
     return flat
 
 
-def _score(harness: Harness, loaded: LoadedModel, sets: inputs.EvalSets, cfg: dict[str, Any],
+def _score(harness: Harness, loaded: LoadedModel, sets: inputs.EvalSets, cfg: Evaluate,
            device: str) -> tuple[dict[str, float], list[str]]:
     """Every metric of one model, and its answers to the review prompts."""
     scores = harness.perplexity(loaded)
     scores.update(harness.generations(loaded))
     scores.update(harness.listed(loaded))
-    answers, timed = timing.generate_timed(loaded, sets.prompts, int(cfg["max_new_tokens"]), int(cfg["timing_prompts"]))
+    answers, timed = timing.generate_timed(loaded, sets.prompts, cfg.max_new_tokens, cfg.timing_prompts)
     scores.update(timed)
     scores["peak_mem_mb"] = timing.peak_memory_mb(device)  # the whole evaluation of this model, load included
     return scores, answers
