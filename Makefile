@@ -11,8 +11,7 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
-	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt  # ends with -e .[test]
 	touch $@
 
 repro: $(STAMP)

@@ -7,7 +7,7 @@ import click
 from langlift import params as P
 from langlift.cli import run_stage
 from langlift.errors import LangliftError
-from langlift.fetch import Source, fetch_all
+from langlift.fetch import fetch_all, summary, with_default_lang
 from langlift.io import write_json, write_jsonl
 
 OUTPUTS = {"instructions": "data/raw/instructions.jsonl", "corpus": "data/raw/corpus.jsonl",
@@ -20,19 +20,16 @@ MANIFEST = "data/raw/manifest.json"
 @run_stage
 def main(params_path: str) -> None:
     """Fetch every source in `fetch.sources` and normalise it to the record schemas."""
-    params = P.load(params_path).model_dump()  # TODO(lead): typed
-    cfg = params["fetch"]
-    lang = params["language"]["code"]
-    sources = [Source.from_params({k: v for k, v in spec.items() if v != Source.__dataclass_fields__[k].default}, lang)
-               for spec in cfg["sources"]]
-    if not sources:
+    params = P.load(params_path)
+    if not params.fetch.sources:
         raise LangliftError(f"{params_path}: fetch.sources is empty")
-    by_kind, manifest = fetch_all(sources, strict=bool(cfg.get("strict", True)))
+    lang = params.language.code
+    by_kind, manifest = fetch_all(with_default_lang(params.fetch.sources, lang), strict=params.fetch.strict)
     for kind, path in OUTPUTS.items():
         write_jsonl(path, by_kind[kind])
     write_json(MANIFEST, {"language": lang, "sources": manifest,
                           "totals": {kind: len(recs) for kind, recs in by_kind.items()}})
-    click.echo(" ".join(f"{kind}={len(recs)}" for kind, recs in by_kind.items()))
+    click.echo(summary(by_kind, manifest))
 
 
 if __name__ == "__main__":

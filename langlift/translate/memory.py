@@ -1,17 +1,20 @@
 """The ``memory`` backend: a translation memory of source -> target texts, looked up exactly.
 
 Files are JSONL (one object per line with the source and target keys, e.g. ``{"en": ..., "az": ...}``)
-or TSV (``source<TAB>target``). Keys are normalised (NFC, whitespace collapsed), so a lookup
-ignores spacing differences but nothing else. A miss returns ``None`` and passes to the next backend.
+or TSV (``source<TAB>target``), UTF-8 with or without a BOM (read as fetch reads its sources). Keys are
+normalised (NFC, whitespace collapsed), so a lookup ignores spacing differences but nothing else. A miss
+returns ``None`` and passes to the next backend.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from langlift.errors import DataError, LangliftError
-from langlift.io import read_jsonl
+from langlift.fetch import read_utf8
 from langlift.translate.base import Backend
 from langlift.translate.segment import normalize
 
@@ -45,7 +48,13 @@ class MemoryBackend(Backend):
     @staticmethod
     def _read_jsonl(path: Path, source_key: str, target_key: str) -> list[tuple[str, str]]:
         pairs = []
-        for line, obj in read_jsonl(path):
+        for line, row in _lines(path):
+            try:
+                obj = json.loads(row)
+            except json.JSONDecodeError as e:
+                raise DataError(path, line, None, f"malformed JSON: {e.msg} (column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(path, line, None, f"expected a JSON object, got {type(obj).__name__}")
             for key in (source_key, target_key):
                 if not isinstance(obj.get(key), str) or not obj[key].strip():
                     raise DataError(path, line, key, "missing or empty (translation memory entries need both sides)")
@@ -55,9 +64,7 @@ class MemoryBackend(Backend):
     @staticmethod
     def _read_tsv(path: Path) -> list[tuple[str, str]]:
         pairs = []
-        for line, row in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not row.strip():
-                continue
+        for line, row in _lines(path):
             cols = row.split("\t")
             if len(cols) != 2 or not cols[0].strip() or not cols[1].strip():
                 raise DataError(path, line, None, f"expected 'source<TAB>target', got {len(cols)} column(s)")
@@ -69,3 +76,10 @@ class MemoryBackend(Backend):
 
     def translate(self, texts: list[str]) -> list[str | None]:
         return [self.lookup(t) for t in texts]
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of the non-blank lines of a UTF-8 file (BOM allowed); bad bytes are a file:line error."""
+    for line, row in enumerate(read_utf8(path).split("\n"), 1):
+        if row.strip():
+            yield line, row.removesuffix("\r")
