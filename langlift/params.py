@@ -144,7 +144,7 @@ class Api(Client):
     max_requests: PositiveInt | None = None
     max_tokens: PositiveInt | None = None
     temperature: Annotated[float, Field(ge=0.0)] = 0.0
-    response_cache: str | None = None  # null: api_responses/ beside translate.cache
+    response_cache: str | None = ".cache/translate/api_responses"  # null: no on-disk reply cache
 
 
 class Translate(Section):

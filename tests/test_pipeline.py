@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-COPIED = ["langlift", "stages", "configs", "data/samples", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore",
-          ".gitignore"]
+COPIED = ["langlift", "stages", "configs", "data/samples", "languages", "models/local/.gitignore", "params.yaml",
+          "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
 
 
 def sh(ws: Path, *cmd: str) -> str:

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from langlift import modelref
 from langlift.errors import LangliftError
 from langlift.io import write_json, write_jsonl
 from langlift.records import make
@@ -48,6 +49,9 @@ def build_backend(name: str, tcfg: dict[str, Any], language: dict[str, str]) -> 
     """One backend from its params block ``translate.<name>``."""
     cfg = dict(tcfg.get(name) or {})
     where = f"translate.{name}"
+    for key in ("model", "ctranslate2") if name in ("seq2seq", "llm") else ():
+        if cfg.get(key):
+            modelref.check_declared(str(cfg[key]), f"{where}.{key}")
     if name == "memory":
         from langlift.translate.memory import MemoryBackend
 
@@ -65,7 +69,6 @@ def build_backend(name: str, tcfg: dict[str, Any], language: dict[str, str]) -> 
     if name == "api":
         from langlift.translate.api import ApiBackend
 
-        cfg.setdefault("response_cache", str(Path(tcfg["cache"]).parent / "api_responses"))
         return ApiBackend(template=prompt_for(tcfg, language), language=language,
                           **_kwargs(ApiBackend.__init__, cfg, where, ("template", "language")))
     raise LangliftError(f"translate.backend: unknown backend {name!r}; expected one of {list(BACKENDS)}")
@@ -143,6 +146,9 @@ def translate_file(params: dict[str, Any], src: str | Path, out: str | Path, rej
         for b in chain:
             if b.usage() is not None:
                 metrics[f"{b.name}_usage"] = b.usage()
+        models = {f"{b.name}.{key}": ref.to_dict() for b in chain for key, ref in b.refs.items()}
+        if models:
+            metrics["models"] = models   # what each model path or hub id was: content hash or commit sha
     finally:
         for b in chain:
             b.close()

@@ -31,6 +31,11 @@ class ApiBackend(PromptedBackend):
                                  backoff=backoff)
         self.chunk_size = concurrency * 4
 
+    @property
+    def identity(self) -> str:
+        """The endpoint and the model name it serves (the same name on two servers may be two models)."""
+        return f"{self.client.base_url} {self.model}"
+
     def translate(self, texts: list[str]) -> list[str | None]:
         params = {"temperature": self.settings["temperature"]}
         if self.settings["max_completion_tokens"]:

@@ -7,6 +7,8 @@ import hashlib
 import json
 from typing import Any
 
+from langlift.modelref import ModelRef
+
 
 def short_hash(obj: Any) -> str:
     """An 8-hex-digit digest of a JSON-able object (settings fingerprints, prompt versions)."""
@@ -29,10 +31,16 @@ class Backend:
     def __init__(self, model: str, settings: dict[str, Any]):
         self.model = model
         self.settings = dict(settings)
+        self.refs: dict[str, ModelRef] = {}   # param name -> what the model files are (model backends)
 
     @property
     def fingerprint(self) -> str:
         return short_hash(self.settings)
+
+    @property
+    def identity(self) -> str:
+        """The model as cache keys name it: the content/revision fingerprints of its files, else its name."""
+        return " + ".join(r.fingerprint for r in self.refs.values()) or self.model
 
     @property
     def prompt_version(self) -> str | None:

@@ -1,8 +1,11 @@
 """The persistent segment cache: every translation a model backend makes, kept across runs.
 
-One SQLite file (WAL mode, one commit per batch), keyed by sha256 of (backend, model, language,
-settings fingerprint incl. prompt version, normalised text). A crash, kill or Ctrl-C loses at most
-the batch in flight; a rerun finds every finished segment here and does not ask the backend again.
+One SQLite file (WAL mode, one commit per batch), keyed by sha256 of (backend, model identity, language,
+settings fingerprint incl. prompt version, normalised text). The model identity is what the model files
+are, not where they are (:mod:`langlift.modelref`: a content hash of local weights, a hub commit sha; an API
+backend's endpoint and model name), so new weights at the same path never get the old weights' translations.
+A crash, kill or Ctrl-C loses at most the batch in flight; a rerun finds every finished segment here and
+does not ask the backend again.
 The file lives outside DVC's outputs (``.cache/translate/`` by default), so ``dvc repro`` never
 deletes it and a params change re-runs the stage over a warm cache.
 """
@@ -30,9 +33,9 @@ CREATE TABLE IF NOT EXISTS segments (
 """
 
 
-def segment_key(backend: str, model: str, lang: str, fingerprint: str, text: str) -> str:
+def segment_key(backend: str, model_identity: str, lang: str, fingerprint: str, text: str) -> str:
     """The cache key of one segment (``text`` already normalised)."""
-    blob = json.dumps([backend, model, lang, fingerprint, text], ensure_ascii=False)
+    blob = json.dumps([backend, model_identity, lang, fingerprint, text], ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 
+from langlift import modelref
 from langlift.errors import LangliftError
 from langlift.translate.base import PromptedBackend
 
@@ -36,18 +37,20 @@ class LLMBackend(PromptedBackend):
             self.tok = AutoTokenizer.from_pretrained(model)
         except OSError as e:
             raise LangliftError(f"translate.llm.model: cannot load {model!r}: {e}") from None
+        self.refs = {"model": modelref.resolve(model)}
         if not self.tok.chat_template:
             raise LangliftError(f"translate.llm.model: {model} has no chat template; use an instruction-tuned "
                                 "model (or one whose tokenizer_config.json carries a chat_template)")
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        if dtype == "auto":
+            dtype = "bf16" if self.device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        self.settings["precision"] = "vllm-auto" if self.engine == "vllm" else dtype   # changes the output too
         if self.engine == "vllm":
             from vllm import LLM
 
             self.vllm = LLM(model=model, dtype="auto")
             log.info("llm: %s with vLLM", model)
             return
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        if dtype == "auto":
-            dtype = "bf16" if self.device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
         torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:

@@ -96,7 +96,7 @@ class Translator:
         """Cached translations of ``texts`` plus fresh ones, committed to the cache chunk by chunk."""
         found: dict[str, str] = {}
         self.stats.translated[backend.name] += 0  # every backend asked shows up in the metrics
-        keys = {t: segment_key(backend.name, backend.model, self.lang, backend.fingerprint, t) for t in texts}
+        keys = {t: segment_key(backend.name, backend.identity, self.lang, backend.fingerprint, t) for t in texts}
         if backend.cached:
             hits = self.cache.get_many(keys.values())
             found = {t: hits[k] for t, k in keys.items() if k in hits}

@@ -11,6 +11,7 @@ import importlib.util
 import logging
 from typing import Any
 
+from langlift import modelref
 from langlift.errors import LangliftError
 from langlift.translate.base import Backend
 
@@ -89,9 +90,14 @@ class Seq2SeqBackend(Backend):
         model_type = config_model.config.model_type if config_model is not None else _config_type(model)
         family = detect_family(model_type, vocab, language) if family == "auto" else family
         code = target_code(family, vocab, language, tgt_code)
+        if dtype == "auto":
+            dtype = "bf16" if self.device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
         super().__init__(model, {"family": family, "tgt_code": code, "num_beams": num_beams,
-                                 "max_new_tokens": max_new_tokens, "engine": "ctranslate2" if ctranslate2 else "hf"})
-        self.batch_size, self.max_input_tokens = batch_size, max_input_tokens
+                                 "max_new_tokens": max_new_tokens, "max_input_tokens": max_input_tokens,
+                                 "engine": "ctranslate2" if ctranslate2 else "hf",
+                                 "precision": f"auto-{self.device}" if ctranslate2 else dtype})
+        self.refs = {k: modelref.resolve(v) for k, v in (("model", model), ("ctranslate2", ctranslate2)) if v}
+        self.batch_size = batch_size
         self.chunk_size = batch_size * 4
         src = FAMILIES[family]["src"](language)
         if src and hasattr(self.tok, "src_lang"):
@@ -102,8 +108,6 @@ class Seq2SeqBackend(Backend):
             self.ct2 = ct2.Translator(ctranslate2, device=self.device, compute_type="auto")
             log.info("seq2seq: CTranslate2 model %s on %s", ctranslate2, self.device)
         else:
-            if dtype == "auto":
-                dtype = "bf16" if self.device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
             torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
             self.model_ = config_model.to(self.device, torch_dtype).eval()
             log.info("seq2seq: %s (%s family, target %s) on %s in %s", model, family, code, self.device, dtype)
@@ -114,7 +118,8 @@ class Seq2SeqBackend(Backend):
 
     def translate(self, texts: list[str]) -> list[str | None]:
         inputs = self._inputs(texts)
-        lengths = [len(ids) for ids in self.tok(inputs, truncation=True, max_length=self.max_input_tokens)["input_ids"]]
+        limit = self.settings["max_input_tokens"]
+        lengths = [len(ids) for ids in self.tok(inputs, truncation=True, max_length=limit)["input_ids"]]
         order = sorted(range(len(texts)), key=lambda i: lengths[i])
         out: list[str | None] = [None] * len(texts)
         for start in range(0, len(order), self.batch_size):
@@ -128,7 +133,7 @@ class Seq2SeqBackend(Backend):
         import torch
 
         enc = self.tok(batch, return_tensors="pt", padding=True, truncation=True,
-                       max_length=self.max_input_tokens).to(self.device)
+                       max_length=self.settings["max_input_tokens"]).to(self.device)
         kwargs: dict[str, Any] = {"num_beams": self.settings["num_beams"], "do_sample": False,
                                   "max_new_tokens": self.settings["max_new_tokens"]}
         if FAMILIES[self.settings["family"]]["where"] == "bos":
@@ -138,8 +143,9 @@ class Seq2SeqBackend(Backend):
         return self.tok.batch_decode(ids, skip_special_tokens=True)
 
     def _generate_ct2(self, batch: list[str]) -> list[str]:
-        tokens = [self.tok.convert_ids_to_tokens(self.tok(t, truncation=True, max_length=self.max_input_tokens)
-                                                 ["input_ids"]) for t in batch]
+        limit = self.settings["max_input_tokens"]
+        tokens = [self.tok.convert_ids_to_tokens(self.tok(t, truncation=True, max_length=limit)["input_ids"])
+                  for t in batch]
         bos = FAMILIES[self.settings["family"]]["where"] == "bos"
         results = self.ct2.translate_batch(
             tokens, target_prefix=[[self.settings["tgt_code"]]] * len(batch) if bos else None,
