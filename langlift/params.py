@@ -84,12 +84,20 @@ class Segment(Section):
 
 
 class Quality(Section):
+    """The checks of one translation (``translate.quality`` without the action)."""
+
     length_ratio: tuple[PositiveFloat, PositiveFloat] = (0.5, 2.5)
     ratio_min_chars: NonNegInt = 20
     min_lang_score: Probability = 0.5
     lang_min_chars: NonNegInt = 30
     untranslated_min_words: PositiveInt = 4
     max_repeats: PositiveInt = 4
+
+    @model_validator(mode="after")
+    def _ordered_ratio(self) -> Quality:
+        if self.length_ratio[0] >= self.length_ratio[1]:
+            raise ValueError(f"length_ratio: need min < max, got {list(self.length_ratio)}")
+        return self
 
 
 class TranslateQuality(Quality):
@@ -145,6 +153,7 @@ class Api(Client):
     max_tokens: PositiveInt | None = None
     temperature: Annotated[float, Field(ge=0.0)] = 0.0
     response_cache: str | None = ".cache/translate/api_responses"  # null: no on-disk reply cache
+    backoff: PositiveFloat = 1.0  # seconds before the first retry, doubled on each next one
 
 
 class Translate(Section):

@@ -24,7 +24,7 @@ METRICS = "metrics/translate.json"
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="Params file.")
 @run_stage
 def main(params_path: str) -> None:
-    params = P.load(params_path).model_dump()  # TODO(lead): typed
+    params = P.load(params_path)
     translate_file(params, SOURCE, OUTPUT, REJECTED, METRICS)
 
 

@@ -10,7 +10,8 @@ from conftest import SAMPLES, az_sentences
 from langlift.errors import DataError
 from langlift.translate.cache import SegmentCache, segment_key
 from langlift.translate.memory import MemoryBackend
-from langlift.translate.quality import QualityChecker, QualityConfig, longest_loop
+from langlift.params import Quality
+from langlift.translate.quality import QualityChecker, longest_loop
 from langlift.translate.segment import Masker, Segmenter, looks_like_code
 
 TEXT = """Here are 3 tips for staying healthy:
@@ -125,7 +126,7 @@ def test_cache_roundtrip_and_keys(tmp_path):
 
 @pytest.fixture(scope="module")
 def checker():
-    cfg = QualityConfig(length_ratio=(0.5, 2.0), ratio_min_chars=20, min_lang_score=0.5, lang_min_chars=30,
+    cfg = Quality(length_ratio=(0.5, 2.0), ratio_min_chars=20, min_lang_score=0.5, lang_min_chars=30,
                         untranslated_min_words=4, max_repeats=4)
     return QualityChecker(cfg, "az", Masker(["code", "url", "email", "placeholder", "number"]))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from conftest import REPO, SAMPLES
-from langlift.params import load
+from langlift.params import Params, load, validate
 from langlift.records import make
 from langlift.translate import translate_file
 from openai_server import OpenAIServer
@@ -30,7 +30,7 @@ def english(rows: list[dict]) -> list[dict]:
                  input=r.get("input", ""), output=r["output"]) for r in rows]
 
 
-def workspace(tmp_path: Path, records: list[dict], **translate) -> dict:
+def workspace(tmp_path: Path, records: list[dict], **translate) -> Params:
     """A run directory with data/raw/instructions.jsonl and params (the repo's, with overrides)."""
     raw = tmp_path / "data" / "raw" / "instructions.jsonl"
     raw.parent.mkdir(parents=True, exist_ok=True)
@@ -46,10 +46,10 @@ def workspace(tmp_path: Path, records: list[dict], **translate) -> dict:
         else:
             t[key] = value
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
-    return params
+    return validate(params)
 
 
-def run(tmp_path: Path, params: dict) -> tuple[list[dict], list[dict], dict]:
+def run(tmp_path: Path, params: Params) -> tuple[list[dict], list[dict], dict]:
     d = tmp_path / "data" / "translated"
     metrics = translate_file(params, tmp_path / "data/raw/instructions.jsonl", d / "instructions.jsonl",
                              d / "rejected.jsonl", tmp_path / "metrics/translate.json", progress=False)

@@ -25,21 +25,6 @@ _LETTERS = re.compile(r"[^\W\d_]")
 _NUMBER = re.compile(PROTECT_PATTERNS["number"])
 
 
-@dataclass
-class QualityConfig:
-    length_ratio: tuple[float, float] = (0.5, 2.5)
-    ratio_min_chars: int = 20
-    min_lang_score: float = 0.5
-    lang_min_chars: int = 30
-    untranslated_min_words: int = 4
-    max_repeats: int = 4
-
-    def __post_init__(self) -> None:
-        lo, hi = self.length_ratio
-        if not 0 <= lo < hi:
-            raise LangliftError(f"translate.quality.length_ratio: need 0 <= min < max, got {list(self.length_ratio)}")
-
-
 def longest_loop(text: str) -> int:
     """How many times the most repeated short unit (2-50 chars) occurs back to back in ``text``."""
     best = 1
@@ -50,7 +35,7 @@ def longest_loop(text: str) -> int:
 
 
 class QualityChecker:
-    def __init__(self, cfg: QualityConfig, lang: str, masker: Masker):
+    def __init__(self, cfg: Quality, lang: str, masker: Masker):
         if cfg.min_lang_score > 0 and not langid.supported(lang):
             raise LangliftError(f"translate.quality.min_lang_score: the offline language-ID model has no '{lang}'; "
                                 "set it to 0 to skip the language check")
