@@ -10,9 +10,8 @@ from __future__ import annotations
 import sys
 
 import click
-import torch
 
-from langlift import finetune as F
+from langlift import finetune as F  # langlift first: it sets OpenMP's wait policy before torch loads
 from langlift.cli import run_stage
 from langlift.evaluate.models import load_finetuned
 
@@ -21,12 +20,14 @@ from langlift.evaluate.models import load_finetuned
 @click.option("--model", "model_dir", default="models/finetuned", show_default=True, help="Fine-tuned model folder.")
 @click.option("--max-new-tokens", default=256, show_default=True, help="Longest answer, in tokens.")
 @click.option("--temperature", default=0.0, show_default=True, help="0: greedy; above 0: sampling.")
-@click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
+@click.option("--device", default=None, help="cpu | cuda (default: cuda when available).")
 @run_stage
-def main(model_dir: str, max_new_tokens: int, temperature: float, device: str) -> None:
+def main(model_dir: str, max_new_tokens: int, temperature: float, device: str | None) -> None:
     """Answer prompts from the terminal or stdin with a fine-tuned model."""
+    import torch
     from transformers import TextStreamer
 
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     loaded = load_finetuned(model_dir, device, dtype)
     model, tokenizer, info = loaded.model, loaded.tokenizer, loaded.info
