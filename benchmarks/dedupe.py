@@ -37,7 +37,7 @@ from langlift import records, text  # noqa: E402
 from langlift.dedupe.minhash import MinHasher, jaccard, shingle_hashes, shingles  # noqa: E402
 from langlift.io import load_jsonl, write_json  # noqa: E402
 
-SAMPLES = REPO / "data" / "samples"
+AZ_DATA = REPO / "languages" / "az" / "data"
 # Runs the stage script and reports its own peak RSS (VmHWM: ru_maxrss would include the benchmark's
 # memory, which a forked child holds until exec) and the peak of its worker processes (ru_maxrss,
 # which counts the pages they share with the stage).
@@ -56,7 +56,7 @@ NOISE = ["\u00a0", "\u200b", "  ", "\ufeff", " \u2009"]
 
 def vocabulary() -> tuple[list[str], list[int]]:
     """Azerbaijani words and their cumulative counts in the shipped samples."""
-    raw = "\n".join((SAMPLES / "parallel" / f).read_text(encoding="utf-8")
+    raw = "\n".join((AZ_DATA / f).read_text(encoding="utf-8")
                     for f in ("ntrex128.az.txt", "tatoeba.aze-eng.az.txt", "xwmt.az-en.az.txt"))
     counts = Counter(re.findall(r"[^\W\d_]+", raw))
     return list(counts), list(itertools.accumulate(counts.values()))

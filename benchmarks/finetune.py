@@ -56,7 +56,7 @@ def build_model(workdir: Path, preset: str) -> Path:
     from langlift import model as llm
     from langlift import tokenizer as tk
 
-    texts = [ln for ln in (REPO / "data/samples/parallel/ntrex128.az.txt").read_text(encoding="utf-8").splitlines() if ln]
+    texts = [ln for ln in (REPO / "languages/az/data/ntrex128.az.txt").read_text(encoding="utf-8").splitlines() if ln]
     arch = llm.resolve("tiny", ARCH[preset])
     tok = tk.finalize(tk.train(texts, arch["vocab_size"]), tk.chat_template("### Təlimat:", "### Cavab:"),
                       arch["context"])
@@ -68,8 +68,8 @@ def build_model(workdir: Path, preset: str) -> Path:
 
 def write_data(workdir: Path, n: int) -> Path:
     """Instruction records from the shipped NTREX-128 pairs (translate en -> az), varied lengths."""
-    en = (REPO / "data/samples/parallel/ntrex128.en.txt").read_text(encoding="utf-8").splitlines()
-    az = (REPO / "data/samples/parallel/ntrex128.az.txt").read_text(encoding="utf-8").splitlines()
+    en = (REPO / "languages/az/data/ntrex128.en.txt").read_text(encoding="utf-8").splitlines()
+    az = (REPO / "languages/az/data/ntrex128.az.txt").read_text(encoding="utf-8").splitlines()
     path = workdir / "train.jsonl"
     with open(path, "w", encoding="utf-8") as f:
         for i in range(n):

@@ -36,7 +36,7 @@ from langlift.io import write_json  # noqa: E402
 
 def synthetic(n: int, near_share: float, seed: int) -> list[str]:
     rng = random.Random(seed)
-    lines = (REPO / "data/samples/parallel/ntrex128.az.txt").read_text(encoding="utf-8").split("\n")
+    lines = (REPO / "languages/az/data/ntrex128.az.txt").read_text(encoding="utf-8").split("\n")
     sents = [s.split() for s in lines if len(s.split()) >= 5]
     vocab = [w for s in sents for w in s]
     items: list[str] = []

@@ -41,7 +41,7 @@ def corpus() -> list[str]:
     split = REPO / "data" / "split" / "corpus_train.jsonl"
     if split.exists():
         return [json.loads(line)["text"] for line in split.read_text(encoding="utf-8").splitlines() if line.strip()]
-    lines = (REPO / "data" / "samples" / "parallel" / "ntrex128.az.txt").read_text(encoding="utf-8").splitlines()
+    lines = (REPO / "languages" / "az" / "data" / "ntrex128.az.txt").read_text(encoding="utf-8").splitlines()
     return [ln for ln in lines if ln.strip()]
 
 

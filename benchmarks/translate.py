@@ -29,7 +29,7 @@ LANG = {"code": "az", "flores": "azj_Latn", "name": "Azerbaijani", "script": "La
 
 
 def sentences(lang: str, n: int) -> list[str]:
-    path = REPO / "data" / "samples" / "parallel" / f"ntrex128.{lang}.txt"
+    path = REPO / "languages" / "az" / "data" / f"ntrex128.{lang}.txt"
     return [s for s in path.read_text(encoding="utf-8").splitlines() if s.strip()][:n]
 
 

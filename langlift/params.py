@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from langlift.errors import LangliftError
 
 DEFAULT_PATH = Path("params.yaml")
+LANGUAGES_DIR = "languages"  # one folder per language: language.yaml and its data
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -32,14 +33,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-# ------------------------------------------------------------------ language, fetch
-
-class Language(Section):
-    code: str = Field(min_length=2, description="ISO 639-1 (the language-ID label, the `lang` field of records)")
-    flores: str = Field(pattern=r"^[a-z]{3}_[A-Z][a-z]{3}$", description="FLORES-200 code (NLLB, lm-eval task names)")
-    name: str = Field(min_length=1)
-    script: str = Field(pattern=r"^[A-Z][a-z]{3}$", description="ISO 15924 script code")
-
+# ------------------------------------------------------------------ fetch
 
 class FetchSource(Section):
     """One entry of ``fetch.sources``."""
@@ -114,7 +108,7 @@ class Pairs(Section):
 
 
 class Memory(Section):
-    paths: list[str] = Field(default_factory=list)
+    paths: list[str] = ["languages/{lang}/translation_memory.jsonl"]
     source_key: str = "en"
 
 
@@ -210,7 +204,7 @@ class Generate(Section):
     base_url: str = ""
     model: str = "gpt-4o-mini"
     api_key_env: str | None = "OPENAI_API_KEY"
-    seeds: str = ""
+    seeds: str = "languages/{lang}/seed_tasks.jsonl"
     target: PositiveInt = 1000
     per_request: PositiveInt = 10
     seeds_per_prompt: NonNegInt = 3
@@ -273,7 +267,8 @@ class EvalSet(Section):
 class Decontaminate(Section):
     ngram: PositiveInt = 13
     min_words: PositiveInt = 4
-    eval_sets: list[EvalSet] = Field(default_factory=list)
+    eval_sets: list[EvalSet] = [EvalSet(path="data/raw/parallel.jsonl", fields=["src", "tgt"]),
+                                 EvalSet(path="languages/{lang}/prompts.jsonl", fields=["prompt"])]
 
 
 class Dedupe(Section):
@@ -290,6 +285,8 @@ class Dedupe(Section):
 class Split(Section):
     val: Share = 0.05
     test: Share = 0.05
+    min_val: NonNegInt = 8          # target-language instruction groups in val at least
+    min_test: NonNegInt = 8         # and in test: a small language still gets a test set worth scoring
     english_share: Share = 0.10
     corpus_val: Share = 0.05
     parallel_test_max: NonNegInt = 200
@@ -331,7 +328,7 @@ class Pretrain(Section):
     extend_vocab: NonNegInt = 0
     tokenizer: TokenizerParams = TokenizerParams()
     model: ModelShape = ModelShape()
-    chat: ChatMarkers = ChatMarkers(user="### Təlimat:", assistant="### Cavab:")
+    chat: ChatMarkers = ChatMarkers(user="### Instruction:", assistant="### Response:")  # the language's, see LanguageFile
     steps: PositiveInt = 150
     batch_size: PositiveInt = 16
     grad_accum: PositiveInt = 1
@@ -417,7 +414,7 @@ class Evaluate(Section):
     corpus: str = "data/split/corpus_val.jsonl"
     parallel: str = "data/split/parallel_test.jsonl"
     test: str = "data/split/test.jsonl"
-    prompts: str = "data/samples/prompts.{lang}.jsonl"
+    prompts: str = "languages/{lang}/prompts.jsonl"
     max_docs: PositiveInt = 100
     max_pairs: PositiveInt = 50
     max_instructions: PositiveInt = 50
@@ -427,6 +424,44 @@ class Evaluate(Section):
     batch_size: PositiveInt = 8
     lm_eval_tasks: list[str] = Field(default_factory=list)
     lm_eval_chat_template: bool = False
+
+
+# ------------------------------------------------------------------ language
+
+class Normalization(Section):
+    """The language's text normalisation rules (:func:`langlift.text.normalize`), applied by dedupe."""
+
+    niqqud: Literal["keep", "strip"] = "keep"          # Hebrew points and cantillation marks
+    geresh: Literal["keep", "fold"] = "keep"           # ASCII ' and " between Hebrew letters -> ׳ ״
+    apostrophes: Literal["keep", "uz"] = "keep"        # Uzbek oʻ gʻ (U+02BB) and tutuq belgisi (U+02BC)
+    other_script: Literal["keep", "convert", "drop"] = "keep"  # documents in another script than language.script
+
+
+class Language(Section):
+    """The target language as the stages see it."""
+
+    code: str = Field(pattern=r"^[a-z]{2,3}$", description="ISO 639-1 (the language-ID label, `lang` of records)")
+    flores: str = Field(pattern=r"^[a-z]{3}_[A-Z][a-z]{3}$", description="FLORES-200 code (NLLB, lm-eval task names)")
+    name: str = Field(min_length=1)
+    script: str = Field(pattern=r"^[A-Z][a-z]{3}$", description="ISO 15924 script code")
+    direction: Literal["ltr", "rtl"] = "ltr"
+    normalize: Normalization = Normalization()
+
+
+class LanguageFile(Language):
+    """``languages/<code>/language.yaml``: everything language-specific, read when ``language: <code>``.
+
+    ``sources`` are appended to ``fetch.sources``; ``template``, ``chat``, ``blocked_keywords`` and
+    ``refusals`` become ``finetune.templates.<code>``, ``pretrain.chat`` and ``generate.filters.*.<code>``;
+    ``params`` holds any other params defaults for this language. params.yaml wins over all of them.
+    """
+
+    sources: list[FetchSource] = Field(default_factory=list)
+    template: PromptTemplate
+    chat: ChatMarkers
+    blocked_keywords: list[str] = Field(default_factory=list)
+    refusals: list[str] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ the file
@@ -495,13 +530,13 @@ def _strip_branches(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(p for p in loc if isinstance(p, int) or not ("[" in p or p in TYPE_TAGS or p.startswith("constrained-")))
 
 
-def describe(error: ValidationError, path: str | Path = DEFAULT_PATH) -> str:
+def describe(error: ValidationError, path: str | Path = DEFAULT_PATH, model: type[BaseModel] | None = None) -> str:
     """One line for the first problem in ``error``: where, what, and the nearest valid key for a typo."""
     errors = error.errors()
     loc = _strip_branches(tuple(errors[0]["loc"]))
     key = _dotted(loc)
     if errors[0]["type"] == "extra_forbidden":
-        valid = _fields_at(Params, loc[:-1])
+        valid = _fields_at(model or Params, loc[:-1])
         name = str(loc[-1])
         near = [SYNONYMS[name]] if SYNONYMS.get(name) in valid else difflib.get_close_matches(name, valid, 1, 0.5)
         hint = f" (did you mean {_dotted(loc[:-1] + (near[0],))}?)" if near else ""
@@ -515,23 +550,90 @@ def describe(error: ValidationError, path: str | Path = DEFAULT_PATH) -> str:
 
 
 def validate(raw: dict[str, Any], path: str | Path = DEFAULT_PATH) -> Params:
-    """Validate a params mapping (as read from YAML); a problem is a one-line :class:`LangliftError`."""
+    """Validate a params mapping (as read from YAML); a problem is a one-line :class:`LangliftError`.
+
+    ``language`` is a code (read from ``languages/<code>/language.yaml``, relative like every path in params) or the same
+    mapping inline; its settings are defaults that the params mapping overrides, and ``{lang}`` in any string
+    becomes the language code.
+    """
+    raw = with_language(raw)
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as e:
         raise LangliftError(describe(e, path)) from None
+    return Params.model_validate(_fill(params.model_dump(), params.language.code))  # defaults hold {lang} too
+
+
+def language_file(code: str, root: Path = Path(".")) -> Path:
+    """Where the settings of language ``code`` live."""
+    return root / LANGUAGES_DIR / code / "language.yaml"
+
+
+def with_language(raw: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+    """``raw`` with its language resolved: the language's params under it, ``{lang}`` filled in."""
+    spec = raw.get("language")
+    if isinstance(spec, str):
+        where = language_file(spec, root)
+        if not where.is_file():
+            known = sorted(p.parent.name for p in (root / LANGUAGES_DIR).glob("*/language.yaml"))
+            raise LangliftError(f"params.yaml: language: no {where} (languages here: {', '.join(known)}; "
+                                f"add one with `python -m langlift new-language {spec} ...`)")
+        spec = _read_yaml(where)
+    elif isinstance(spec, dict) and set(spec) - set(Language.model_fields):
+        where = Path("params.yaml: language")
+    else:
+        return raw  # already resolved (a dumped Params validates again as it is), or an error for the schema
+    try:
+        lang = LanguageFile.model_validate(spec)
+    except ValidationError as e:
+        raise LangliftError(describe(e, where, LanguageFile)) from None
+    layer = _deep_merge({
+        "pretrain": {"chat": lang.chat.model_dump()},
+        "finetune": {"templates": {lang.code: lang.template.model_dump()}},
+        "generate": {"filters": {"blocked_keywords": {lang.code: lang.blocked_keywords},
+                                 "refusals": {lang.code: lang.refusals}}},
+    }, lang.params)
+    merged = _deep_merge(layer, {k: v for k, v in raw.items() if k != "language"})
+    fetch = merged.setdefault("fetch", {})
+    fetch["sources"] = [*(fetch.get("sources") or []), *(src.model_dump(exclude_unset=True) for src in lang.sources)]
+    merged["language"] = lang.model_dump(include=set(Language.model_fields))
+    return merged
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge key by key, anything else in ``over`` replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _fill(node: Any, code: str) -> Any:
+    """``{lang}`` replaced by ``code`` in every string of ``node``."""
+    if isinstance(node, str):
+        return node.replace("{lang}", code)
+    if isinstance(node, dict):
+        return {k: _fill(v, code) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill(v, code) for v in node]
+    return node
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LangliftError(f"{path}: not found (run from the repository root)") from None
+    except yaml.YAMLError as e:
+        raise LangliftError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise LangliftError(f"{path}: expected a mapping at the top level")
+    return raw
 
 
 def load(path: str | Path = DEFAULT_PATH) -> Params:
     """Read and validate the params file; a missing, malformed or invalid file is a :class:`LangliftError`."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LangliftError(f"{path}: params file not found (run from the repository root)") from None
-    except yaml.YAMLError as e:
-        raise LangliftError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise LangliftError(f"{path}: expected a mapping at the top level")
-    return validate(raw, path)
-
+    if not path.is_file():
+        raise LangliftError(f"{path}: params file not found (run from the repository root)")
+    return validate(_read_yaml(path), path)

@@ -17,6 +17,7 @@ from typing import Any
 
 from langlift import records
 from langlift.errors import DataError, LangliftError
+from langlift.params import Split
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,6 @@ def bucket(key: str, seed: int, salt: str = "split") -> float:
     """A uniform number in [0, 1) from the key, the seed and a salt."""
     digest = hashlib.sha256(f"{salt}:{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def assign(key: str, seed: int, val: float, test: float) -> str:
-    """``test`` for the lowest ``test`` fraction of buckets, then ``val``, else ``train``."""
-    b = bucket(key, seed)
-    return "test" if b < test else "val" if b < test + val else "train"
 
 
 def group_key(rec: dict[str, Any]) -> str:
@@ -52,27 +47,36 @@ def read_records(path: str | Path, kind: str) -> list[dict[str, Any]]:
 
 
 def split_instructions(
-    recs: Iterable[dict[str, Any]], lang: str, seed: int, val: float, test: float, english_share: float
+    recs: Iterable[dict[str, Any]], lang: str, seed: int, cfg: Split
 ) -> dict[str, list[dict[str, Any]]]:
-    """Target-language records into train/val/test by group; English records fill ``english_share`` of train."""
-    if not 0 <= english_share < 1:
-        raise LangliftError(f"params.yaml: split.english_share must be in [0, 1), got {english_share}")
-    if val < 0 or test < 0 or val + test >= 1:
-        raise LangliftError(f"params.yaml: split.val + split.test must be in [0, 1), got {val} + {test}")
+    """Target-language records into train/val/test by group; English records fill ``english_share`` of train.
+
+    Groups are ordered by hash: the first ``test`` share (at least ``min_test`` groups) is test, the next
+    ``val`` share (at least ``min_val``) is val, so a small language still gets evaluation sets that mean
+    something, and a group never moves when records are added elsewhere.
+    """
+    recs = list(recs)
+    groups = sorted({group_key(r) for r in recs if r["lang"] == lang}, key=lambda k: bucket(k, seed))
+    n_test = max(cfg.min_test, sum(bucket(k, seed) < cfg.test for k in groups))
+    n_val = max(cfg.min_val, sum(bucket(k, seed) < cfg.test + cfg.val for k in groups[n_test:]))
+    if n_test + n_val >= len(groups):
+        raise LangliftError(f"split: {len(groups)} '{lang}' instruction groups cannot fill test ({n_test}) and "
+                            f"val ({n_val}) and leave any for train; lower split.min_test / split.min_val")
+    held = {k: "test" for k in groups[:n_test]} | {k: "val" for k in groups[n_test:n_test + n_val]}
     out: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
     english = []
     for rec in recs:
-        split = assign(group_key(rec), seed, val, test)
+        split = held.get(group_key(rec), "train")
         if rec["lang"] == lang:
             out[split].append(rec)
         elif rec["lang"] == "en" and split == "train":
             english.append(rec)
-    if english_share > 0:
-        want = round(english_share / (1 - english_share) * len(out["train"]))
+    if cfg.english_share > 0:
+        want = round(cfg.english_share / (1 - cfg.english_share) * len(out["train"]))
         english.sort(key=lambda r: bucket(r["id"], seed, "english"))
         chosen = english[:want]
         if len(chosen) < want:
-            log.warning("english_share %.2f wants %d English records, only %d available", english_share, want,
+            log.warning("english_share %.2f wants %d English records, only %d available", cfg.english_share, want,
                         len(chosen))
         out["train"].extend(chosen)
         out["train"].sort(key=lambda r: bucket(r["id"], seed, "order"))

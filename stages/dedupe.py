@@ -19,7 +19,7 @@ from langlift.cli import run_stage
 def main(params_path: str) -> None:
     """Clean the instruction data and the corpus; count every removal by reason."""
     params = P.load(params_path)
-    m = dedupe.run(params.dedupe, params.language.code)
+    m = dedupe.run(params.dedupe, params.language)
     click.echo(f"instructions={m['instructions.kept']}/{m['instructions.in']} corpus={m['corpus.kept']}/{m['corpus.in']}")
 
 

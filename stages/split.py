@@ -20,9 +20,7 @@ def main(params_path: str) -> None:
     cfg, lang, seed = params.split, params.language.code, params.seed
 
     instructions = S.split_instructions(
-        S.read_records("data/clean/instructions.jsonl", "instructions"), lang, seed, cfg.val, cfg.test,
-        cfg.english_share,
-    )
+        S.read_records("data/clean/instructions.jsonl", "instructions"), lang, seed, cfg)
     S.check_disjoint(instructions)
     if not instructions["train"]:
         raise LangliftError(

@@ -15,6 +15,13 @@ from langlift.tokenizer import train as train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data" / "samples"
+AZ_DATA = REPO / "languages" / "az" / "data"
+
+
+def link_languages(root: Path) -> None:
+    """Let a scratch project under ``root`` read the repository's ``languages/`` (params name a language by code)."""
+    if not (root / "languages").exists():
+        (root / "languages").symlink_to(REPO / "languages", target_is_directory=True)
 
 # Nothing in the tests may reach the hub: a hub id must fail fast with langlift's own error.
 for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -28,13 +35,13 @@ torch.set_num_threads(1)  # tiny models: one thread is as fast and keeps the sui
 
 def az_sentences(n: int = 2000) -> list[str]:
     """Real Azerbaijani sentences from the shipped NTREX-128 sample."""
-    lines = (SAMPLES / "parallel" / "ntrex128.az.txt").read_text(encoding="utf-8").splitlines()
+    lines = (AZ_DATA / "ntrex128.az.txt").read_text(encoding="utf-8").splitlines()
     return [line for line in lines if line.strip()][:n]
 
 
 def en_sentences(n: int = 2000) -> list[str]:
     """The English side of the same NTREX-128 sample."""
-    lines = (SAMPLES / "parallel" / "ntrex128.en.txt").read_text(encoding="utf-8").splitlines()
+    lines = (AZ_DATA / "ntrex128.en.txt").read_text(encoding="utf-8").splitlines()
     return [line for line in lines if line.strip()][:n]
 
 

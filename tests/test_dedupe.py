@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import REPO, SAMPLES, az_sentences, en_sentences, write_jsonl
+from conftest import REPO, SAMPLES, az_sentences, en_sentences, link_languages, write_jsonl
 from datasketch import MinHash
 
 from langlift import records
@@ -150,11 +150,28 @@ def test_decontamination():
     assert removed.samples[1]["ngram"] == "mən hər gün kitab oxuyuram"
 
 
+def test_the_language_rules_apply_to_its_own_records_only():
+    """Uzbek (Tatoeba): Cyrillic becomes Latin, apostrophe variants one form; English is left alone."""
+    rules = {"apostrophes": "uz", "other_script": "convert"}
+    recs = [corpus("Бу китоб жуда қизиқарли.", "uz"), corpus("Bu kitob juda qiziqarli.", "uz"),
+            corpus("O'zbekiston go`zal mamlakat.", "uz"), corpus("Don't touch it.", "en")]
+    kept, _ = run(Normalize(CORPUS, "NFC", "uz", "Latn", rules), [dict(r) for r in recs])
+    assert [r["text"] for r in kept] == ["Bu kitob juda qiziqarli.", "Bu kitob juda qiziqarli.",
+                                         "Oʻzbekiston goʻzal mamlakat.", "Don't touch it."]
+    kept, removed = run(Normalize(CORPUS, "NFC", "uz", "Latn", {"other_script": "drop"}), [dict(r) for r in recs])
+    assert [r["text"] for r in kept][:2] == ["Bu kitob juda qiziqarli.", "O'zbekiston go`zal mamlakat."]
+    assert removed.counts["other_script"] == 1
+    hebrew = corpus('בְּרֵאשִׁית בָּרָא אֱלֹהִים; צה"ל', "he")
+    kept, _ = run(Normalize(CORPUS, "NFC", "he", "Hebr", {"niqqud": "strip", "geresh": "fold"}), [hebrew])
+    assert kept[0]["text"] == "בראשית ברא אלהים; צה״ל"
+
+
 # --- the stage --------------------------------------------------------------------------------------
 
 def _project(tmp_path, monkeypatch, corpus_rows=None, instruction_rows=None):
     """A temp project: params pointing at the repo's dedupe params, with small real inputs."""
     monkeypatch.chdir(tmp_path)
+    link_languages(tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     alpaca = json.loads((SAMPLES / "instructions" / "alpaca_5000.en.json").read_text(encoding="utf-8"))
     if instruction_rows is None:
@@ -190,7 +207,7 @@ def test_stage_end_to_end(tmp_path, monkeypatch):
         assert m[f"{kind}.in"] == m[f"{kind}.kept"] + sum(removed.values())
     assert set(k.split(".")[-1] for k in m if k.startswith("corpus.removed.")) == {
         "empty", "too_few_words", "too_many_words", "char_repetition", "word_repetition", "special_chars",
-        "lang_score", "exact_duplicate", "near_duplicate", "contaminated"}
+        "lang_score", "exact_duplicate", "near_duplicate", "contaminated", "other_script"}
     assert m["instructions.removed.exact_duplicate"] >= 1 and m["corpus.removed.exact_duplicate"] >= 1
     assert m["corpus.removed.contaminated"] >= 20  # the 20 evaluation sentences are in the corpus
     assert m["corpus.removed.lang_score"] >= 1 and m["corpus.removed.too_few_words"] >= 1

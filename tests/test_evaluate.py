@@ -12,7 +12,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from conftest import REPO, az_sentences, en_sentences, write_jsonl
+from conftest import REPO, az_sentences, en_sentences, link_languages, write_jsonl
 from langlift.errors import LangliftError
 from langlift.evaluate.harness import Harness
 from langlift.evaluate.inputs import EvalSets
@@ -70,8 +70,9 @@ def _write_inputs(root, n_docs=8, n_pairs=6, n_instr=6, n_prompts=3):
 
 
 def _params(root, base, finetuned, **evaluate):
+    link_languages(root)
     return {
-        "seed": 7, "base_model": str(base), "language": LANGUAGE.model_dump(),
+        "seed": 7, "base_model": str(base), "language": "az",
         "hardware": {"precision": "fp32", "num_threads": 1},
         "evaluate": {
             "finetuned": str(finetuned), "corpus": str(root / "corpus_val.jsonl"),

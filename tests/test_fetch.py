@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, SAMPLES, write_jsonl
+from conftest import AZ_DATA, REPO, SAMPLES, write_jsonl
 
 from langlift import records
 from langlift.errors import DataError, LangliftError
@@ -88,14 +88,14 @@ def test_csv_parquet_text_conllu_and_folder(tmp_path):
     paras = fetch_source(source(kind="corpus", uri=text, unit="paragraph"), strict=True).records
     assert [r["text"] for r in paras] == ["Birinci abzas.\nDavamı.", "İkinci abzas."]
 
-    ud = fetch_source(source(kind="corpus", uri=SAMPLES / "monolingual" / "ud_az_tuecl-test.conllu"), strict=True)
+    ud = fetch_source(source(kind="corpus", uri=AZ_DATA / "ud_az_tuecl-test.conllu"), strict=True)
     assert ud.records[0]["text"] == "Qız yoldaşına namə yazdı."
     assert ud.info["counts"]["read"] == 148
 
 
 def test_parallel_line_aligned_and_hf_style(tmp_path):
-    src = source(kind="parallel", uri=SAMPLES / "parallel" / "tatoeba.aze-eng.en.txt",
-                 tgt_uri=SAMPLES / "parallel" / "tatoeba.aze-eng.az.txt", src_lang="en", tgt_lang="az")
+    src = source(kind="parallel", uri=AZ_DATA / "tatoeba.aze-eng.en.txt",
+                 tgt_uri=AZ_DATA / "tatoeba.aze-eng.az.txt", src_lang="en", tgt_lang="az")
     recs = fetch_source(src, strict=True).records
     assert recs[0]["tgt"] == "105-ci otaq haradadır?" and recs[0]["src_lang"] == "en"
     path = write_jsonl(tmp_path / "p.jsonl", [{"translation": {"en": "Hello.", "az": "Salam."}}])
@@ -188,8 +188,10 @@ def test_url_source_downloads_once_into_cache(tmp_path, monkeypatch):
 
 
 def write_params(tmp_path, strict: bool, sources: list[dict]) -> None:
-    """The shipped params.yaml with ``fetch`` replaced, into ``tmp_path``."""
+    """The shipped params.yaml with ``fetch`` replaced (and the language's own sources left out), into ``tmp_path``."""
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    language = yaml.safe_load((REPO / "languages" / "az" / "language.yaml").read_text(encoding="utf-8"))
+    params["language"] = {k: v for k, v in language.items() if k != "sources"}  # inline, as params allow
     params["fetch"] = {"strict": strict, "sources": sources}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
 
@@ -215,7 +217,7 @@ def test_stage_writes_outputs_and_fails_cleanly(tmp_path):
 
 # --- downloads: size cap, truncated and interrupted downloads ---------------------------------------
 
-NTREX_AZ = SAMPLES / "parallel" / "ntrex128.az.txt"
+NTREX_AZ = AZ_DATA / "ntrex128.az.txt"
 
 
 class FileServer:
@@ -338,7 +340,7 @@ def test_lenient_skips_are_logged_per_source_with_reasons_and_first_location(tmp
 
 
 def test_stage_with_strict_false_reports_skips_and_keeps_going(tmp_path):
-    lines = (SAMPLES / "parallel" / "xwmt.az-en.az.txt").read_text(encoding="utf-8").splitlines()[:5]
+    lines = (AZ_DATA / "xwmt.az-en.az.txt").read_text(encoding="utf-8").splitlines()[:5]
     rows = [{"text": t} for t in lines]
     path = write_jsonl(tmp_path / "xwmt.jsonl", rows[:2] + [{"text": 7}] + rows[2:])
     write_params(tmp_path, False, [{"name": "xwmt_az", "kind": "corpus", "uri": str(path), "license": "MIT"}])
@@ -375,8 +377,8 @@ def test_non_utf8_in_a_json_array_item_is_a_located_error_or_skipped(tmp_path):
 
 
 def test_non_utf8_in_a_csv_row_is_a_located_error_or_skipped(tmp_path):
-    en = (SAMPLES / "parallel" / "tatoeba.aze-eng.en.txt").read_text(encoding="utf-8").splitlines()[:10]
-    az = (SAMPLES / "parallel" / "tatoeba.aze-eng.az.txt").read_text(encoding="utf-8").splitlines()[:10]
+    en = (AZ_DATA / "tatoeba.aze-eng.en.txt").read_text(encoding="utf-8").splitlines()[:10]
+    az = (AZ_DATA / "tatoeba.aze-eng.az.txt").read_text(encoding="utf-8").splitlines()[:10]
     rows = [f'"{e}","{a}"'.encode() for e, a in zip(en, az)]
     rows[3] = rows[3][:-1] + b'\xe7"'  # a Latin-1 byte where UTF-8 was expected, in the 4th record (line 5)
     path = tmp_path / "tatoeba.csv"
@@ -437,7 +439,7 @@ def test_parquet_errors_name_the_row_not_a_line(tmp_path):
 # --- the translation memory reads UTF-8 with a BOM, as fetch does -----------------------------------
 
 def test_translation_memory_accepts_a_utf8_bom(tmp_path):
-    shipped = SAMPLES / "translation_memory.az.jsonl"
+    shipped = REPO / "languages" / "az" / "translation_memory.jsonl"
     first = json.loads(shipped.read_text(encoding="utf-8").splitlines()[0])
     jsonl = tmp_path / "tm.jsonl"
     jsonl.write_bytes(b"\xef\xbb\xbf" + shipped.read_bytes())

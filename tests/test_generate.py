@@ -18,7 +18,7 @@ import sys
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import REPO, az_sentences, en_sentences, write_jsonl
+from conftest import REPO, az_sentences, en_sentences, link_languages, write_jsonl
 from openai_server import OpenAIServer, Reply, chat_response
 
 from langlift import records
@@ -76,12 +76,14 @@ def canned(body: dict) -> str:
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    link_languages(tmp_path)
     write_jsonl(tmp_path / "seeds.jsonl", SEEDS)
     return tmp_path
 
 
 def write_params(workdir, url: str, **overrides) -> str:
     """The repo's params with the generate section pointed at the test server and files in ``workdir``."""
+    link_languages(workdir)
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     gen = params["generate"]
     gen.update(enabled=True, base_url=url, model="test-model", api_key_env=None, seeds=str(workdir / "seeds.jsonl"),
@@ -283,7 +285,7 @@ def test_seeds_accept_alpaca_and_shared_formats(tmp_path):
                          "input": "Yemək çox dadlı idi.", "output": "Müsbət"}
     shared = load_seeds(write_jsonl(tmp_path / "s.jsonl", [task("Bir şeir yazın.", "Şeir.")]))
     assert shared[0]["id"] == records.record_id("instructions", task("Bir şeir yazın.", "Şeir."))
-    assert len(load_seeds(REPO / "data/samples/seed_tasks.az.jsonl")) >= 20  # the shipped Azerbaijani seeds
+    assert len(load_seeds(REPO / "languages/az/seed_tasks.jsonl")) >= 20  # the shipped Azerbaijani seeds
 
 
 def test_bad_seed_names_file_line_and_field(tmp_path):

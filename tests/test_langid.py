@@ -7,7 +7,7 @@ import re
 import unicodedata
 
 import pytest
-from conftest import SAMPLES, az_sentences, en_sentences
+from conftest import REPO, SAMPLES, az_sentences, en_sentences
 from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
 
 from langlift import langid
@@ -27,8 +27,9 @@ SERBIAN = [
 _CYRILLIC = re.compile("[\u0400-\u04ff]")
 
 
-def _lines(name: str) -> list[str]:
-    return [line.strip() for line in (SAMPLES / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+def _lines(code: str, name: str) -> list[str]:
+    path = REPO / "languages" / code / "data" / name
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _reference(fold: bool) -> LanguageIdentifier:
@@ -64,7 +65,7 @@ def test_a_language_with_two_columns_gets_their_sum():
 
 
 def test_uzbek_in_both_scripts_and_serbian():
-    lines = [t for t in _lines("parallel/tatoeba.uzb-eng.uz.txt") if len(re.findall(r"\w", t)) >= 25]
+    lines = [t for t in _lines("uz", "tatoeba.uzb-eng.uz.txt") if len(re.findall(r"\w", t)) >= 25]
     cyrillic, latin = [t for t in lines if _CYRILLIC.search(t)], [t for t in lines if not _CYRILLIC.search(t)]
     assert len(cyrillic) >= 20 and len(latin) >= 50
     assert _pass_rate(cyrillic, "uz") >= 0.9  # measured 0.96; scoring only the first column gives 0
@@ -89,7 +90,7 @@ def test_other_combining_marks_are_kept():
 
 
 def test_pointed_lines_of_the_hebrew_sample():
-    lines = _lines("parallel/tatoeba.heb-eng.he.txt")
+    lines = _lines("he", "tatoeba.heb-eng.he.txt")
     pointed = [t for t in lines if langid.unpoint(t) != t]
     assert len(pointed) == 12
     assert _pass_rate(pointed, "he", 0.9) == 1.0  # py3langid alone: 7 of the 12 below 0.5, 5 at 0.00 (as hbo)
@@ -105,11 +106,11 @@ def _sib200(flores: str) -> list[str]:
 
 
 def test_kinyarwanda_recall_and_false_positives_on_shipped_data():
-    assert _pass_rate(_lines("parallel/tico19.en-rw.rw.txt"), "rw") >= 0.99  # measured 0.998 of 2,100
+    assert _pass_rate(_lines("rw", "tico19.en-rw.rw.txt"), "rw") >= 0.99  # measured 0.998 of 2,100
     assert _pass_rate(_sib200("kin_Latn"), "rw") >= 0.99  # measured 1.000 of 1,004
     others = (
-        _lines("parallel/tico19.en-rw.en.txt") + _lines("parallel/tatoeba.heb-eng.he.txt")
-        + _lines("parallel/tatoeba.uzb-eng.uz.txt") + az_sentences() + _sib200("eng_Latn")
+        _lines("rw", "tico19.en-rw.en.txt") + _lines("he", "tatoeba.heb-eng.he.txt")
+        + _lines("uz", "tatoeba.uzb-eng.uz.txt") + az_sentences() + _sib200("eng_Latn")
     )
     assert _pass_rate(others, "rw") == 0.0  # measured: no non-Kinyarwanda line scores rw >= 0.5
 

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import link_languages
 
 from langlift import modelref
 from langlift.errors import LangliftError
@@ -170,6 +171,7 @@ def test_new_weights_at_the_same_path_miss_the_segment_cache(tmp_path: Path, nll
     model = tmp_path / "nllb"
     shutil.copytree(nllb_dir, model)
     monkeypatch.chdir(tmp_path)                                     # .cache/hashes.json goes here
+    link_languages(tmp_path)
     params = workspace(tmp_path, english(ALPACA[:3]), backend="seq2seq",
                        seq2seq={"model": str(model), "max_new_tokens": 6, "batch_size": 4},
                        quality={"min_lang_score": 0, "action": "keep"})

@@ -8,6 +8,7 @@ from conftest import write_jsonl
 from langlift import records
 from langlift import split as S
 from langlift.errors import DataError, LangliftError
+from langlift.params import Split
 
 
 def pairs(n: int, start: int = 0) -> list[dict]:
@@ -21,14 +22,19 @@ def pairs(n: int, start: int = 0) -> list[dict]:
     return out
 
 
+def split(recs, seed, val, test, english_share, **floors):
+    cfg = Split(val=val, test=test, english_share=english_share, **{"min_val": 0, "min_test": 0, **floors})
+    return S.split_instructions(recs, "az", seed, cfg)
+
+
 def ids(splits):
     return {name: {r["id"] for r in recs} for name, recs in splits.items()}
 
 
 def test_split_is_deterministic_and_leak_free():
     recs = pairs(2000)
-    a = S.split_instructions(recs, "az", 1, 0.1, 0.1, 0.1)
-    b = S.split_instructions(list(reversed(recs)), "az", 1, 0.1, 0.1, 0.1)
+    a = split(recs, 1, 0.1, 0.1, 0.1)
+    b = split(list(reversed(recs)), 1, 0.1, 0.1, 0.1)
     assert ids(a) == ids(b)
     S.check_disjoint(a)
     test_groups = {S.group_key(r) for r in a["test"] + a["val"]}
@@ -38,25 +44,25 @@ def test_split_is_deterministic_and_leak_free():
 
 
 def test_adding_records_moves_none_of_the_old_ones():
-    before = S.split_instructions(pairs(1000), "az", 7, 0.1, 0.1, 0.0)
-    after = S.split_instructions(pairs(1000) + pairs(500, start=1000), "az", 7, 0.1, 0.1, 0.0)
+    before = split(pairs(1000), 7, 0.1, 0.1, 0.0)
+    after = split(pairs(1000) + pairs(500, start=1000), 7, 0.1, 0.1, 0.0)
     for name in before:
         assert ids(before)[name] <= ids(after)[name]
 
 
 def test_english_share_of_train():
-    out = S.split_instructions(pairs(2000), "az", 3, 0.05, 0.05, 0.10)
+    out = split(pairs(2000), 3, 0.05, 0.05, 0.10)
     summary = S.summary(out, "az")
     assert summary["train_english_share"] == pytest.approx(0.10, abs=0.005)
     assert summary["train_az"] + summary["train_en"] == summary["train"]
-    none = S.split_instructions(pairs(200), "az", 3, 0.05, 0.05, 0.0)
+    none = split(pairs(200), 3, 0.05, 0.05, 0.0)
     assert all(r["lang"] == "az" for r in none["train"])
 
 
 def test_seed_changes_the_split():
     recs = pairs(500)
-    assert ids(S.split_instructions(recs, "az", 1, 0.2, 0.2, 0))["test"] != \
-        ids(S.split_instructions(recs, "az", 2, 0.2, 0.2, 0))["test"]
+    assert ids(split(recs, 1, 0.2, 0.2, 0))["test"] != \
+        ids(split(recs, 2, 0.2, 0.2, 0))["test"]
 
 
 def test_leak_check_catches_a_shared_id():
@@ -65,11 +71,12 @@ def test_leak_check_catches_a_shared_id():
         S.check_disjoint({"train": [rec], "test": [rec]})
 
 
-def test_bad_fractions_are_errors():
-    with pytest.raises(LangliftError, match="english_share"):
-        S.split_instructions([], "az", 1, 0.1, 0.1, 1.0)
-    with pytest.raises(LangliftError, match="split.val"):
-        S.split_instructions([], "az", 1, 0.6, 0.5, 0.1)
+def test_a_small_language_still_gets_evaluation_sets():
+    out = split(pairs(60), 1, 0.05, 0.05, 0.1, min_val=8, min_test=8)
+    assert (len(out["val"]), len(out["test"])) == (8, 8)  # 5% of 60 groups would be 3
+    S.check_disjoint(out)
+    with pytest.raises(LangliftError, match="cannot fill test"):
+        split(pairs(12), 1, 0.05, 0.05, 0.1, min_val=8, min_test=8)
 
 
 def test_corpus_and_parallel_splits():

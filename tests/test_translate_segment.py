@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import SAMPLES, az_sentences
+from conftest import REPO, SAMPLES, az_sentences
 from langlift.errors import DataError
 from langlift.translate.cache import SegmentCache, segment_key
 from langlift.translate.memory import MemoryBackend
@@ -106,7 +106,7 @@ def test_memory_bad_line_names_file_line_field(tmp_path):
 
 
 def test_shipped_memory_covers_the_shipped_alpaca_subset():
-    mem = MemoryBackend([SAMPLES / "translation_memory.az.jsonl"], target_key="az")
+    mem = MemoryBackend([REPO / "languages" / "az" / "translation_memory.jsonl"], target_key="az")
     records = json.loads((SAMPLES / "instructions" / "alpaca_az_subset.en.json").read_text(encoding="utf-8"))
     fields = [r[f] for r in records for f in ("instruction", "input", "output") if r.get(f, "").strip()]
     hits = sum(mem.lookup(f) is not None for f in fields)

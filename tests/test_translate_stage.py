@@ -22,7 +22,7 @@ from openai_server import OpenAIServer
 from test_translate_backends import fake_az, segment_of
 
 ALPACA = json.loads((SAMPLES / "instructions" / "alpaca_az_subset.en.json").read_text(encoding="utf-8"))
-MEMORY = SAMPLES / "translation_memory.az.jsonl"
+MEMORY = REPO / "languages" / "az" / "translation_memory.jsonl"
 
 
 def english(rows: list[dict]) -> list[dict]:

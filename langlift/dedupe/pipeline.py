@@ -25,7 +25,7 @@ from langlift.dedupe.steps import (
 )
 from langlift.errors import DataError, LangliftError
 from langlift.io import read_jsonl, write_json, write_jsonl
-from langlift.params import Dedupe, EvalSet
+from langlift.params import Dedupe, EvalSet, Language
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,11 @@ def eval_texts(sets: list[EvalSet]) -> dict[str, list[str]]:
     return out
 
 
-def build_steps(kind: Kind, cfg: Dedupe, lang: str, evals: dict[str, list[str]]) -> list[Step]:
+def build_steps(kind: Kind, cfg: Dedupe, language: Language, evals: dict[str, list[str]]) -> list[Step]:
     """The configured steps for ``kind``, in pipeline order."""
-    per_doc: list[Step] = [Normalize(kind, cfg.normalize)]
+    per_doc: list[Step] = [Normalize(kind, cfg.normalize, language.code, language.script, language.normalize.model_dump())]
     if kind is CORPUS:
-        per_doc.append(QualityFilter(kind, lang, **cfg.quality.model_dump()))
+        per_doc.append(QualityFilter(kind, language.code, **cfg.quality.model_dump()))
     steps: list[Step] = [InProcesses(per_doc, cfg.workers)]
     if cfg.exact:
         steps.append(ExactDedupe(kind))
@@ -90,14 +90,14 @@ def build_steps(kind: Kind, cfg: Dedupe, lang: str, evals: dict[str, list[str]])
     return steps
 
 
-def run(cfg: Dedupe, lang: str, out: Outputs = Outputs()) -> dict[str, Any]:
+def run(cfg: Dedupe, language: Language, out: Outputs = Outputs()) -> dict[str, Any]:
     """Clean both datasets, write the outputs atomically and return the flat metrics."""
     check_inputs(cfg)
     evals = eval_texts(cfg.decontaminate.eval_sets)
     metrics: dict[str, Any] = {}
     removed: list[Record] = []
     for kind, target in ((INSTRUCTIONS, out.instructions), (CORPUS, out.corpus)):
-        steps = build_steps(kind, cfg, lang, evals)
+        steps = build_steps(kind, cfg, language, evals)
         collector = Collector(kind.name, [r for s in steps for r in s.reasons], cfg.removed_sample)
         seen, kept_langs = 0, Counter()
 

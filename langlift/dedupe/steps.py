@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from langlift import langid, text
+from langlift import langid, scripts, text
 from langlift.dedupe.minhash import LSH, MinHasher, jaccard, lsh_params, one_thread, shingle_hashes, shingles
 from langlift.errors import LangliftError
 
@@ -70,20 +70,35 @@ class Collector:
 
 @dataclass
 class Normalize:
-    """Normalise every text field in place (:func:`langlift.text.normalize`); drop records left empty."""
+    """Normalise every text field in place (:func:`langlift.text.normalize`); drop records left empty.
+
+    Records in the target language ``lang`` also get that language's rules (``language.normalize``:
+    niqqud, geresh, apostrophes, conversion from another script); with ``other_script: drop``, those
+    not written mostly in ``script`` are dropped and counted.
+    """
 
     kind: Kind
     form: str = "NFC"
-    reasons: tuple[str, ...] = ("empty",)
+    lang: str = ""
+    script: str = ""
+    rules: dict[str, str] = field(default_factory=dict)
+    reasons: tuple[str, ...] = ("empty", "other_script")
 
     def __call__(self, records: Iterable[Record], removed: Removed) -> Iterator[Record]:
+        other = self.rules.get("other_script", "keep")
+        options = {k: self.rules[k] for k in ("niqqud", "geresh", "apostrophes") if k in self.rules}
+        if other == "convert":
+            options["convert"] = f"{self.lang}-{self.script}"
         for rec in records:
+            target = rec.get("lang") == self.lang
             for f in self.kind.fields:
                 if f in rec:
-                    rec[f] = text.normalize(rec[f], self.form)
+                    rec[f] = text.normalize(rec[f], self.form, **(options if target else {}))
             empty = [f for f in self.kind.required if not rec[f]]
             if empty:
                 removed(rec, "empty", field=empty[0])
+            elif target and other == "drop" and not scripts.in_script(self.kind.text(rec), self.script):
+                removed(rec, "other_script", script=scripts.script_of(self.kind.text(rec)))
             else:
                 yield rec
 
