@@ -28,7 +28,8 @@ from langlift import hardware
 from langlift import model as llm
 from langlift import tokenizer as tk
 from langlift.packing import blocks, padded_batches, tokenize
-from langlift.pretrain import Data, LoopConfig, make_optimizer, train
+from langlift.params import Pretrain
+from langlift.pretrain import Data, make_optimizer, train
 
 PLAIN, PADDED = "plain, packed", "plain, padded (useful tokens)"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -87,9 +88,8 @@ def langlift_loop(model, train_blocks, val_blocks, steps: int, batch: int, preci
     AcceleratorState._reset_state(reset_partial_state=True)  # a new precision in the same process
     accelerator = Accelerator(mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(precision, "no"),
                               cpu=device == "cpu")
-    cfg = LoopConfig(steps=steps + 1, batch_size=batch, grad_accum=1, lr=1e-4, min_lr_ratio=0.1, warmup_steps=1,
-                     weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0, eval_every=10**9, eval_batches=1,
-                     log_every=10**9, checkpoint_every=10**9, keep_checkpoints=1)
+    cfg = Pretrain(steps=steps + 1, batch_size=batch, lr=1e-4, warmup_steps=1, eval_every=10**9, log_every=10**9,
+                   checkpoint_every=10**9)
     optimizer = make_optimizer(model, cfg, device)
     model, optimizer = accelerator.prepare(model, optimizer)
     result = train(accelerator, model, optimizer, cfg, Data(train_blocks, val_blocks[:1], eos_id), seed=0)

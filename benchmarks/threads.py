@@ -77,13 +77,12 @@ def child(policy: str, seconds: float) -> None:
     import torch
 
     from langlift import model as llm
-    from langlift.pretrain import LoopConfig, make_optimizer
+    from langlift.params import Pretrain
+    from langlift.pretrain import make_optimizer
 
     arch = llm.resolve("tiny")
     model = llm.from_scratch(llm.build_config(arch, arch["vocab_size"], 1, 2, 0), seed=0)
-    cfg = LoopConfig(steps=1, batch_size=BATCH, grad_accum=1, lr=1e-4, min_lr_ratio=0.1, warmup_steps=1,
-                     weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0, eval_every=1, eval_batches=1,
-                     log_every=1, checkpoint_every=1, keep_checkpoints=1)
+    cfg = Pretrain(steps=1, batch_size=BATCH, lr=1e-4, warmup_steps=1)
     optimizer = make_optimizer(model, cfg, "cpu")
     x = torch.randint(3, arch["vocab_size"], (BATCH, arch["context"]), generator=torch.Generator().manual_seed(0))
 

@@ -2,20 +2,23 @@
 or LoRA on an 8-bit base (bitsandbytes), with DoRA and rsLoRA switches.
 
 The mistakes this module rules out: the adapter config is built from params in one place
-(:func:`lora_config`) and, after training, the config peft applied and the one saved to
-``adapter_config.json`` are both compared with it (:func:`verify_adapter`); every response ends in a
-labelled EOS (:mod:`langlift.templates`); precision, checkpointing and attention come from
-:mod:`langlift.hardware`, never from TRL's defaults.
+(:func:`lora_config`) and, after training, the ``adapter_config.json`` saved and the LoRA layers peft
+actually built are compared, module by module, with a config built afresh from params
+(:func:`verify_adapter`); every response ends in a labelled EOS (:mod:`langlift.templates`); precision,
+checkpointing and attention come from :mod:`langlift.hardware`, never from TRL's defaults; a rerun
+resumes the newest checkpoint only when this same run made it (:func:`run_identity`, :mod:`langlift.resume`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
 import logging
+import math
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +26,15 @@ from typing import Any
 
 import torch
 
-from langlift import hardware, modelcard, records, templates
+from langlift import hardware, modelcard, modelref, records, resume, templates
 from langlift.errors import LangliftError
 from langlift.io import atomic_path, write_json, write_text
+from langlift.params import Finetune, Params
 
 log = logging.getLogger(__name__)
 
-METHODS = ("full", "lora", "qlora", "lora-8bit")
 ADAPTER_KEYS = ("r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora")
+ADAPTER_FIELDS = (*ADAPTER_KEYS, "bias", "modules_to_save")  # compared by verify_adapter besides the modules
 INFO_FILE = "langlift.json"
 
 
@@ -58,19 +62,18 @@ class Paths:
 # --- params -------------------------------------------------------------------------------------------------
 
 
-def lora_config(ft: dict[str, Any]):
+def lora_config(ft: Finetune):
     """The one place a LoraConfig is built from ``finetune.lora`` in params."""
     from peft import LoraConfig
 
-    lo = ft.get("lora") or {}
-    targets = lo.get("target_modules", "all-linear")
+    lo = ft.lora
     return LoraConfig(
-        r=int(lo.get("r", 16)),
-        lora_alpha=int(lo.get("alpha", 32)),
-        lora_dropout=float(lo.get("dropout", 0.05)),
-        target_modules=targets if isinstance(targets, str) else list(targets),
-        use_dora=bool(lo.get("use_dora", False)),
-        use_rslora=bool(lo.get("use_rslora", False)),
+        r=lo.r,
+        lora_alpha=lo.alpha,
+        lora_dropout=lo.dropout,
+        target_modules=lo.target_modules if isinstance(lo.target_modules, str) else list(lo.target_modules),
+        use_dora=lo.use_dora,
+        use_rslora=lo.use_rslora,
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -86,13 +89,6 @@ def quantization_config(method: str, compute_dtype: torch.dtype):
     if method == "lora-8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return None
-
-
-def _method(ft: dict[str, Any]) -> str:
-    method = ft.get("method", "lora")
-    if method not in METHODS:
-        raise LangliftError(f"params.yaml: finetune.method: {method!r} is not one of {METHODS}")
-    return method
 
 
 # --- base model ---------------------------------------------------------------------------------------------
@@ -205,12 +201,11 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def encode_split(recs, tokenizer, template, ft, desc):
+def encode_split(recs, tokenizer, template, ft: Finetune, desc):
     """Token ids + response-only labels as a datasets.Dataset, and what happened to over-long examples."""
     from datasets import Dataset
 
-    rows, stats = templates.encode_records(recs, tokenizer, template, int(ft.get("max_seq_length", 1024)),
-                                           ft.get("overlong", "drop"), desc)
+    rows, stats = templates.encode_records(recs, tokenizer, template, ft.max_seq_length, ft.overlong, desc)
     if not rows:
         raise LangliftError(f"{desc}: every example is longer than finetune.max_seq_length; raise it")
     return Dataset.from_list(rows), stats
@@ -219,44 +214,41 @@ def encode_split(recs, tokenizer, template, ft, desc):
 # --- training -----------------------------------------------------------------------------------------------
 
 
-def sft_config(params: dict[str, Any], ft: dict[str, Any], settings: hardware.TrainSettings, output_dir: Path,
-               has_eval: bool):
+def sft_config(params: Params, settings: hardware.TrainSettings, output_dir: Path, has_eval: bool):
     """TRL's SFTConfig built from params and the hardware choice, never from TRL's defaults."""
     from trl import SFTConfig
 
-    packing = bool(ft.get("packing", False))
-    max_length = int(ft.get("max_seq_length", 1024))
-    eval_steps = int(ft.get("eval_steps", 50))
+    ft = params.finetune
     return SFTConfig(
         output_dir=str(output_dir),
-        seed=int(params.get("seed", 0)),
-        learning_rate=float(params["lr"]),
-        num_train_epochs=float(params["epochs"]),
-        max_steps=int(ft.get("max_steps", -1)),
-        per_device_train_batch_size=int(ft.get("batch_size", 4)),
-        per_device_eval_batch_size=int(ft.get("batch_size", 4)),
-        gradient_accumulation_steps=int(ft.get("gradient_accumulation", 8)),
-        lr_scheduler_type=ft.get("lr_scheduler", "cosine"),
-        warmup_steps=float(ft.get("warmup_ratio", 0.03)),
-        weight_decay=float(ft.get("weight_decay", 0.0)),
-        max_grad_norm=float(ft.get("max_grad_norm", 1.0)),
+        seed=params.seed,
+        learning_rate=params.lr,
+        num_train_epochs=params.epochs,
+        max_steps=ft.max_steps,
+        per_device_train_batch_size=ft.batch_size,
+        per_device_eval_batch_size=ft.batch_size,
+        gradient_accumulation_steps=ft.gradient_accumulation,
+        lr_scheduler_type=ft.lr_scheduler,
+        warmup_steps=ft.warmup_ratio,  # below 1: a share of the steps
+        weight_decay=ft.weight_decay,
+        max_grad_norm=ft.max_grad_norm,
         bf16=settings.precision == "bf16",
         fp16=settings.precision == "fp16",
         use_cpu=settings.device == "cpu",
         gradient_checkpointing=settings.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
         dataloader_num_workers=settings.dataloader_workers,
-        packing=packing,
+        packing=ft.packing,
         packing_strategy="bfd",  # whole examples only; position ids restart per example
         padding_free=settings.padding_free,
         # examples are already cut to max_seq_length; TRL refuses a max_length with padding-free unpacked batches
-        max_length=max_length if packing or not settings.padding_free else None,
-        logging_steps=int(ft.get("logging_steps", 5)),
+        max_length=ft.max_seq_length if ft.packing or not settings.padding_free else None,
+        logging_steps=ft.logging_steps,
         logging_first_step=True,
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=eval_steps,
+        eval_steps=ft.eval_steps,
         save_strategy="steps",
-        save_steps=int(ft.get("checkpoint_steps", 50)),
+        save_steps=ft.checkpoint_steps,
         save_total_limit=2,
         report_to="none",
         disable_tqdm=False,
@@ -264,8 +256,10 @@ def sft_config(params: dict[str, Any], ft: dict[str, Any], settings: hardware.Tr
 
 
 def live_callback(live):
-    """A TrainerCallback sending train and validation loss to dvclive, stepped by the optimizer step."""
+    """A TrainerCallback sending train and validation loss to dvclive, stepped by the optimizer step, and
+    keeping the curves so far in each checkpoint (DVC deletes the dvclive folder before a rerun)."""
     from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     class LiveCallback(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -276,6 +270,11 @@ def live_callback(live):
                               ("learning_rate", "train/lr"), ("grad_norm", "train/grad_norm")):
                 if key in logs:
                     live.log_metric(name, float(logs[key]))
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+                resume.keep_curves(Path(live.dir), checkpoint)
 
     return LiveCallback()
 
@@ -302,70 +301,135 @@ def trainer_class(fused_lm_head: bool):
     return PlainLossSFTTrainer
 
 
-def use_fused_lm_head(ft: dict[str, Any], settings: hardware.TrainSettings) -> bool:
+def use_fused_lm_head(ft: Finetune, settings: hardware.TrainSettings) -> bool:
     """``finetune.fused_lm_head``: auto means on with CUDA only."""
-    value = ft.get("fused_lm_head", "auto")
-    if value == "auto":
-        return settings.device == "cuda"
-    if not isinstance(value, bool):
-        raise LangliftError(f"params.yaml: finetune.fused_lm_head: {value!r} is not auto, true or false")
-    return value
+    return settings.device == "cuda" if ft.fused_lm_head == "auto" else ft.fused_lm_head
 
 
-def _fingerprint(params: dict[str, Any], base: str, data: list[Path]) -> str:
-    """What a checkpoint was trained with: resuming from one made with other params or data is refused."""
-    ft = {k: v for k, v in (params.get("finetune") or {}).items() if k not in ("matrix", "resume", "merge")}
-    h = hashlib.sha256(json.dumps([ft, params.get("lr"), params.get("epochs"), params.get("seed"),
-                                   params.get("hardware"), base], sort_keys=True, default=str).encode())
-    for p in data:
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+def run_identity(params: Params, base: str, data: dict[str, Path], settings: hardware.TrainSettings) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it (see :mod:`langlift.resume`)."""
+    return {
+        "base_model": modelref.fingerprint(base),
+        "data": resume.data_hashes(data),
+        "finetune": params.finetune.model_dump(mode="json", exclude={"matrix", "resume", "merge"}),
+        "lr": params.lr,
+        "epochs": params.epochs,
+        "seed": params.seed,
+        "language": params.language.code,
+        "hardware": {k: getattr(settings, k) for k in ("device", "precision", "attn_implementation", "padding_free")},
+        "processes": resume.processes(),
+        "code": resume.code_version(sys.modules[__name__], templates),
+    }
 
 
-def _resume_point(ckpt_dir: Path, fingerprint: str, enabled: bool) -> str | None:
-    """The last checkpoint of an interrupted run with the same fingerprint, else None (stale ones removed)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    stamp = ckpt_dir / "fingerprint.txt"
-    if ckpt_dir.exists() and (not enabled or not stamp.exists() or stamp.read_text() != fingerprint):
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
-    last = get_last_checkpoint(str(ckpt_dir))
-    if last:
-        log.info("resuming from %s", last)
-    return last
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A small JSON file kept beside the checkpoints; None if missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
-def verify_adapter(declared, model, saved_dir: Path) -> dict[str, Any]:
-    """Prove the adapter applied and saved is the declared one; return the saved config."""
-    applied = model.peft_config["default"]
-    saved = json.loads((saved_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    problems = []
-    for key in ADAPTER_KEYS:
-        want = getattr(declared, key)
-        if getattr(applied, key) != want:
-            problems.append(f"{key}: declared {want!r}, applied {getattr(applied, key)!r}")
-        if saved.get(key) != want:
-            problems.append(f"{key}: declared {want!r}, saved {saved.get(key)!r}")
-    injected = {n.removeprefix("base_model.model.") for n, m in model.named_modules()
-                if hasattr(m, "lora_A") and "default" in m.lora_A}
-    if set(saved["target_modules"]) != set(applied.target_modules):
-        problems.append(f"target_modules: applied {sorted(applied.target_modules)}, saved {sorted(saved['target_modules'])}")
-    targets = declared.target_modules
-    if targets == "all-linear":
-        if not injected or injected != set(applied.target_modules):
-            problems.append(f"target_modules: all-linear expanded to {sorted(applied.target_modules)}, "
-                            f"adapters sit on {sorted(injected)}")
-    else:
-        targets = [targets] if isinstance(targets, str) else list(targets)
-        stray = [n for n in injected if not any(_matches(n, t) for t in targets)]
-        unused = [t for t in targets if not any(_matches(n, t) for n in injected)]
-        if stray or unused:
-            problems.append(f"target_modules: adapters on undeclared {stray}, declared but unused {unused}")
+def _complete(checkpoint: Path) -> bool:
+    """A checkpoint whose save finished: the trainer state and the curves are written last."""
+    return (checkpoint / "trainer_state.json").exists() and (checkpoint / resume.CURVES).is_dir()
+
+
+def _resume_point(ckpt_dir: Path, identity: dict[str, Any], enabled: bool) -> str | None:
+    """The newest complete checkpoint of this same run, else None; other runs' checkpoints are removed."""
+    stamp = ckpt_dir / "identity.json"
+    if ckpt_dir.exists():
+        if not enabled:
+            log.warning("fresh start (finetune.resume false or --fresh): removing %s", ckpt_dir)
+            shutil.rmtree(ckpt_dir)
+        elif not resume.same_run(_read_json(stamp), identity, ckpt_dir):
+            shutil.rmtree(ckpt_dir)
+    write_json(stamp, identity)
+    found = {int(m[1]): p for p in ckpt_dir.iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
+    for step, path in list(found.items()):
+        if not _complete(path):  # a save cut short by the crash
+            shutil.rmtree(path)
+            del found[step]
+    if not found:
+        return None
+    last = found[max(found)]
+    log.info("resuming from %s", last)
+    return str(last)
+
+
+def verify_adapter(ft: Finetune, model, saved_dir: Path) -> dict[str, Any]:
+    """Prove the adapter is the one params declare; return the saved ``adapter_config.json``.
+
+    The reference is a LoraConfig built afresh from params (never the object handed to TRL, which peft
+    keeps and saves: comparing with it could not fail). Compared with it: every field of the saved
+    config, the modules the saved config targets and the modules peft actually wrapped (``all-linear``
+    expanded by peft's own helper), and the rank, alpha, scaling, dropout and DoRA of each wrapped layer.
+    A mismatch is a :class:`LangliftError` naming each differing field.
+    """
+    from peft import LoraConfig
+
+    want = lora_config(ft)
+    saved = LoraConfig.from_pretrained(str(saved_dir))
+    base = model.get_base_model()
+    layers = _lora_layers(base)
+    declared = _targets(want, base)
+    problems = [f"{k}: params {getattr(want, k)!r}, saved {getattr(saved, k)!r}"
+                for k in ADAPTER_FIELDS if getattr(saved, k) != getattr(want, k)]
+    problems += _module_diff(declared, _targets(saved, base), "saved")
+    problems += _module_diff(declared, set(layers), "wrapped")
+    problems += _layer_diffs(want, layers)
     if problems:
-        raise RuntimeError("the adapter differs from params.yaml finetune.lora: " + "; ".join(problems))
-    return saved
+        raise LangliftError(f"{saved_dir}: the adapter differs from params.yaml finetune.lora: " + "; ".join(problems))
+    return json.loads((saved_dir / "adapter_config.json").read_text(encoding="utf-8"))
+
+
+def _lora_layers(base: torch.nn.Module) -> dict[str, Any]:
+    """The LoRA layers peft put in ``base``, by module name."""
+    from peft.tuners.lora import LoraLayer
+
+    return {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer) and "default" in m.r}
+
+
+def _targets(config, base: torch.nn.Module) -> set[str]:
+    """Names of the modules of ``base`` that ``config`` targets, ``all-linear`` expanded the way peft does."""
+    from peft.tuners.tuners_utils import BaseTunerLayer, _maybe_include_all_linear_layers, check_target_module_exists
+
+    config = _maybe_include_all_linear_layers(copy.deepcopy(config), base)
+    inside = {f"{name}.{sub}" for name, m in base.named_modules() if isinstance(m, BaseTunerLayer)
+              for sub, _ in m.named_modules() if sub}  # lora_A, base_layer, ...: not modules of the model
+    return {name for name, _ in base.named_modules()
+            if name and name not in inside and check_target_module_exists(config, name)}
+
+
+def _module_diff(declared: set[str], actual: set[str], what: str) -> list[str]:
+    """One problem naming (up to 3 of) the modules ``actual`` has beyond ``declared`` and those it lacks."""
+    extra, missing = sorted(actual - declared), sorted(declared - actual)
+    parts = [f"{len(names)} {label} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+             for names, label in ((extra, f"{what} but not in params"), (missing, f"in params but not {what}"))
+             if names]
+    return [f"target_modules: {'; '.join(parts)}"] if parts else []
+
+
+def _layer_diffs(want, layers: dict[str, Any]) -> list[str]:
+    """One problem per LoRA setting that some wrapped layer does not have as params say."""
+    scaling = want.lora_alpha / (math.sqrt(want.r) if want.use_rslora else want.r)
+    expected = {"r": want.r, "lora_alpha": want.lora_alpha, "scaling": scaling, "lora_dropout": want.lora_dropout,
+                "use_dora": want.use_dora}
+    problems = []
+    for key, value in expected.items():
+        odd = sorted((name, got) for name, layer in layers.items()
+                     if not math.isclose(got := _layer_value(layer, key), value))
+        if odd:
+            problems.append(f"{key}: params {value!r}, {len(odd)} wrapped modules differ ({odd[0][0]}: {odd[0][1]!r})")
+    return problems
+
+
+def _layer_value(layer, key: str) -> float:
+    """A LoRA setting as one wrapped layer holds it (dropout read from its Dropout module)."""
+    if key == "lora_dropout":
+        dropout = layer.lora_dropout["default"]
+        return dropout.p if isinstance(dropout, torch.nn.Dropout) else 0.0
+    return getattr(layer, key)["default"]
 
 
 def count_params(model) -> tuple[int, int]:
@@ -393,19 +457,23 @@ class Prepared:
 
 
 def prepare(params: dict[str, Any], *, base_model: str | None = None, paths: Paths,
-            train_path: str | Path = "data/split/train.jsonl", val_path: str | Path = "data/split/val.jsonl") -> Prepared:
-    """Resolve the base model and template, encode the data, choose hardware settings, build the SFTTrainer."""
+            train_path: str | Path = "data/split/train.jsonl", val_path: str | Path = "data/split/val.jsonl",
+            fresh: bool = False) -> Prepared:
+    """Resolve the base model and template, encode the data, choose hardware settings, build the SFTTrainer.
+
+    The trainer resumes the newest checkpoint of this same run (:func:`run_identity`) unless ``fresh`` or
+    ``finetune.resume`` is false; the curves up to that checkpoint are put back in the dvclive folder.
+    """
     from dvclive import Live
     from transformers import AutoTokenizer
 
-    ft = params.get("finetune") or {}
-    method = _method(ft)
-    base_name = base_model or params.get("base_model") or "models/base"
+    ft, method = params.finetune, params.finetune.method
+    base_name = base_model or params.base_model
+    modelref.check_declared(base_name, "base_model", ("models/local", "models/base"))
     base = resolve_base_model(base_name)
-    lang = (params.get("language") or {}).get("code", "")
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    template = templates.resolve(tokenizer, ft, lang)
+    template = templates.resolve(tokenizer, ft, params.language.code)
     tokenizer.chat_template = template.chat_template  # the saved tokenizer carries the template trained on
     train_ds, train_stats = encode_split(load_records(train_path), tokenizer, template, ft, "train")
     val_ds, val_stats = (encode_split(load_records(val_path), tokenizer, template, ft, "val")
@@ -413,10 +481,11 @@ def prepare(params: dict[str, Any], *, base_model: str | None = None, paths: Pat
     log.info("train: %d examples, %d tokens (%d in responses)", train_stats.kept, train_stats.tokens,
              train_stats.response_tokens)
 
-    batch_tokens = int(ft.get("batch_size", 4)) * int(ft.get("max_seq_length", 1024))
-    settings = hardware.choose(params.get("hardware"), needed_memory_bytes=estimate_memory(base, method, batch_tokens))
+    batch_tokens = ft.batch_size * ft.max_seq_length
+    settings = hardware.choose(params.hardware.model_dump(),
+                               needed_memory_bytes=estimate_memory(base, method, batch_tokens))
     hardware.apply(settings)
-    if ft.get("packing") and settings.attn_implementation != "flash_attention_2":
+    if ft.packing and settings.attn_implementation != "flash_attention_2":
         log.info("packing with %s: transformers builds a block-diagonal mask from the restarting position ids, "
                  "so packed examples do not attend to each other", settings.attn_implementation)
 
@@ -428,10 +497,14 @@ def prepare(params: dict[str, Any], *, base_model: str | None = None, paths: Pat
     if declared is not None:
         check_targets(model, declared.target_modules, base_name)
 
-    fingerprint = _fingerprint(params, base_name, [Path(train_path)] + ([Path(val_path)] if val_ds else []))
-    resume = _resume_point(paths.checkpoints, fingerprint, bool(ft.get("resume", True)))
-    args = sft_config(params, ft, settings, paths.checkpoints, val_ds is not None)
-    live = Live(dir=str(paths.live), resume=resume is not None, save_dvc_exp=False, dvcyaml=None)
+    data = {"train": Path(train_path), **({"val": Path(val_path)} if val_ds is not None else {})}
+    identity = run_identity(params, base, data, settings)
+    args = sft_config(params, settings, paths.checkpoints, val_ds is not None)
+    with args.main_process_first(local=False, desc="choosing the checkpoint to resume"):
+        resume_from = _resume_point(paths.checkpoints, identity, ft.resume and not fresh)
+        if resume_from is not None and args.process_index == 0:
+            resume.restore_curves(Path(resume_from), paths.live)  # DVC deleted them before rerunning the stage
+    live = Live(dir=str(paths.live), resume=resume_from is not None, save_dvc_exp=False, dvcyaml=None)
     fused = use_fused_lm_head(ft, settings)
     log.info("loss: %s", "TRL's chunked fused LM head" if fused else "the model's own cross-entropy (full logits)")
     trainer = trainer_class(fused)(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
@@ -440,32 +513,33 @@ def prepare(params: dict[str, Any], *, base_model: str | None = None, paths: Pat
         for p in trainer.model.parameters():  # TRL stores QLoRA adapters in bf16; keep them fp32 where we compute in fp32
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
-    return Prepared(trainer, declared, template, settings, train_stats, val_stats, base_name, base, resume, live, fused)
+    return Prepared(trainer, declared, template, settings, train_stats, val_stats, base_name, base, resume_from, live,
+                    fused)
 
 
-def run(params: dict[str, Any], *, base_model: str | None = None, name: str | None = None,
+def run(params: Params, *, base_model: str | None = None, name: str | None = None,
         train_path: str | Path = "data/split/train.jsonl", val_path: str | Path = "data/split/val.jsonl",
-        paths: Paths | None = None) -> tuple[dict[str, Any], Any]:
+        paths: Paths | None = None, fresh: bool = False) -> tuple[dict[str, Any], Any]:
     """Fine-tune one base model; write the model folder, metrics and dvclive curves.
 
+    An interrupted run of the same identity is resumed unless ``fresh`` (see :func:`prepare`).
     Returns the metrics and the trained model (a PeftModel for the adapter methods).
     """
-    ft = params.get("finetune") or {}
+    ft = params.finetune
     paths = paths or Paths.for_run(name)
-    prep = prepare(params, base_model=base_model, paths=paths, train_path=train_path, val_path=val_path)
-    trainer, declared, method = prep.trainer, prep.declared, _method(ft)
+    prep = prepare(params, base_model=base_model, paths=paths, train_path=train_path, val_path=val_path, fresh=fresh)
+    trainer, declared, method = prep.trainer, prep.declared, ft.method
     trainable, total = count_params(trainer.model)
     log.info("%s: %d trainable of %d parameters (%.2f%%)", method, trainable, total, 100 * trainable / total)
 
-    has_val = trainer.eval_dataset is not None
-    eval_start = trainer.evaluate()["eval_loss"] if has_val and prep.resume is None else None
+    eval_start = _eval_start(trainer, paths.checkpoints / "start.json", prep.resume is not None)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=prep.resume)
     seconds = time.perf_counter() - start
-    eval_end = trainer.evaluate()["eval_loss"] if has_val else None
+    eval_end = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
     prep.live.end()
 
-    epochs_done = float(result.metrics.get("epoch", params["epochs"]))
+    epochs_done = float(result.metrics.get("epoch", params.epochs))
     first, last = _first_last_loss(trainer)
     ts, vs = prep.train_stats, prep.val_stats
     metrics: dict[str, Any] = {
@@ -484,6 +558,7 @@ def run(params: dict[str, Any], *, base_model: str | None = None, name: str | No
         "train_response_tokens": ts.response_tokens,
         "train_truncated": ts.truncated,
         "train_dropped_overlong": ts.dropped_overlong,
+        "train_dropped_no_response": ts.dropped_no_response,
         "eos_inserted": ts.eos_inserted + (vs.eos_inserted if vs else 0),
         "val_examples": vs.kept if vs else 0,
         "train_seconds": round(seconds, 2),
@@ -503,12 +578,12 @@ def run(params: dict[str, Any], *, base_model: str | None = None, name: str | No
         shutil.copytree(staging, tmp)
         trainer.processing_class.save_pretrained(str(tmp))
         (tmp / "training_args.bin").unlink(missing_ok=True)
-        adapter = verify_adapter(declared, trainer.model, tmp) if declared is not None else None
+        adapter = verify_adapter(ft, trainer.model, tmp) if declared is not None else None
         if adapter is not None:
             metrics.update({f"adapter.{k}": adapter[k] for k in ADAPTER_KEYS})
             metrics["adapter.target_modules"] = ",".join(sorted({t.rsplit(".", 1)[-1] for t in adapter["target_modules"]}))
             metrics["adapter.modules"] = len(adapter["target_modules"])
-        merged = bool(ft.get("merge", False)) and declared is not None
+        merged = ft.merge and declared is not None
         if merged:
             merge_adapter(prep.base, tmp, tmp / "merged", prep.settings.dtype)
         write_json(tmp / INFO_FILE, {
@@ -517,12 +592,12 @@ def run(params: dict[str, Any], *, base_model: str | None = None, name: str | No
             "template": prep.template.as_dict(),
             "adapter_config": adapter,
             "merged": "merged" if merged else None,
-            "max_seq_length": int(ft.get("max_seq_length", 1024)),
-            "language": params.get("language"),
+            "max_seq_length": ft.max_seq_length,
+            "language": params.language.model_dump(),
         })
         write_text(tmp / "README.md", modelcard.render(
-            name=paths.model.name, base_model=prep.base_name, method=method, language=params.get("language") or {},
-            template=prep.template.as_dict(), train_params=_train_params(params, ft), adapter_config=adapter,
+            name=paths.model.name, base_model=prep.base_name, method=method, language=params.language.model_dump(),
+            template=prep.template.as_dict(), train_params=_train_params(params), adapter_config=adapter,
             metrics={k: v for k, v in metrics.items() if v is not None}, hashes=modelcard.data_hashes(),
             licenses=modelcard.data_licenses()))
     write_json(paths.metrics, metrics)
@@ -531,14 +606,25 @@ def run(params: dict[str, Any], *, base_model: str | None = None, name: str | No
     return metrics, trainer.model
 
 
+def _eval_start(trainer, kept: Path, resumed: bool) -> float | None:
+    """Validation loss before training: measured on a fresh start and kept beside the checkpoints, read back
+    on resume (the resumed run's model is no longer the untrained one)."""
+    if resumed:
+        return (_read_json(kept) or {}).get("eval_loss_start")
+    loss = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
+    if trainer.is_world_process_zero():
+        write_json(kept, {"eval_loss_start": loss})
+    return loss
+
+
 def _first_last_loss(trainer) -> tuple[float | None, float | None]:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return (losses[0], losses[-1]) if losses else (None, None)
 
 
-def _train_params(params: dict[str, Any], ft: dict[str, Any]) -> dict[str, Any]:
-    keep = {k: v for k, v in ft.items() if k not in ("matrix", "templates")}
-    return {"seed": params.get("seed"), "lr": params.get("lr"), "epochs": params.get("epochs"), "finetune": keep}
+def _train_params(params: Params) -> dict[str, Any]:
+    keep = params.finetune.model_dump(mode="json", exclude={"matrix", "templates"})
+    return {"seed": params.seed, "lr": params.lr, "epochs": params.epochs, "finetune": keep}
 
 
 def merge_adapter(base: str, adapter_dir: Path, out: Path, dtype: torch.dtype) -> None:

@@ -5,6 +5,10 @@ laptop CPU and under ``accelerate launch`` with DDP, FSDP or DeepSpeed: packed b
 linear warmup and cosine decay, gradient clipping and accumulation, periodic validation, rotating
 checkpoints (model, optimizer, RNG, step; the data position follows from the step) and dvclive
 curves. The host syncs with the device only at log and eval steps.
+
+A rerun resumes the newest checkpoint when it was made by the same run (:func:`run_identity`: the
+``pretrain.init`` model's content, the data, the loop config, seed, precision and this code), else
+it says what differs and starts afresh (:mod:`langlift.resume`); ``fresh=True`` always starts afresh.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,50 +29,22 @@ from accelerate import Accelerator
 from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from langlift import hardware
+from langlift import hardware, modelref, packing, resume
 from langlift import model as llm
 from langlift import tokenizer as tk
 from langlift.errors import LangliftError
 from langlift.io import atomic_path, write_json
+from langlift.params import Params, Pretrain
 from langlift.packing import BatchPlan, blocks, doc_position_ids, read_texts, tokenize
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class LoopConfig:
-    """The optimisation knobs of ``params.yaml``'s ``pretrain`` section."""
-
-    steps: int
-    batch_size: int
-    grad_accum: int
-    lr: float
-    min_lr_ratio: float
-    warmup_steps: int
-    weight_decay: float
-    betas: tuple[float, float]
-    grad_clip: float
-    eval_every: int
-    eval_batches: int
-    log_every: int
-    checkpoint_every: int
-    keep_checkpoints: int
-
-    @classmethod
-    def from_params(cls, p: dict[str, Any]) -> LoopConfig:
-        try:
-            cfg = cls(**{k: p[k] for k in cls.__dataclass_fields__})
-        except KeyError as e:
-            raise LangliftError(f"params.yaml: pretrain: missing key {e}") from None
-        cfg.betas = tuple(cfg.betas)  # type: ignore[assignment]
-        for name in ("steps", "batch_size", "grad_accum", "eval_every", "log_every", "checkpoint_every",
-                     "keep_checkpoints", "eval_batches"):
-            if int(getattr(cfg, name)) < 1:
-                raise LangliftError(f"params.yaml: pretrain.{name} must be at least 1")
-        return cfg
+# the loop settings a checkpoint must share with the run that resumes it (how often to save does not matter)
+LOOP_KEYS = {"steps", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "betas",
+             "grad_clip", "eval_every", "eval_batches", "log_every"}
 
 
-def lr_at(step: int, cfg: LoopConfig) -> float:
+def lr_at(step: int, cfg: Pretrain) -> float:
     """Linear warmup to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -76,7 +53,7 @@ def lr_at(step: int, cfg: LoopConfig) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: LoopConfig, device: str) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: Pretrain, device: str) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not norms or biases); fused kernels on CUDA."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
@@ -90,10 +67,11 @@ def make_optimizer(model: torch.nn.Module, cfg: LoopConfig, device: str) -> torc
 
 
 class Checkpoints:
-    """``<dir>/step-00000100/`` folders holding accelerate's state plus ``state.json``; the latest N are kept."""
+    """``<dir>/step-00000100/`` folders holding accelerate's state, the dvclive curves up to that step and
+    ``state.json`` (step, losses, the identity of the run that made it); the latest N are kept."""
 
-    def __init__(self, root: str | Path, keep: int, identity: dict[str, Any]):
-        self.root, self.keep, self.identity = Path(root), keep, identity
+    def __init__(self, root: str | Path, keep: int, identity: dict[str, Any], live: Path):
+        self.root, self.keep, self.identity, self.live = Path(root), keep, identity, Path(live)
 
     def latest(self) -> Path | None:
         done = sorted(p for p in self.root.glob("step-*") if (p / "state.json").exists())
@@ -108,7 +86,8 @@ class Checkpoints:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            (tmp / "state.json").write_text(json.dumps({"step": step, **self.identity, **extra}, indent=2))
+            resume.keep_curves(self.live, tmp)
+            (tmp / "state.json").write_text(json.dumps({"step": step, **extra, "identity": self.identity}, indent=2))
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)  # state.json inside marks a complete checkpoint
             for old in sorted(self.root.glob("step-*"))[: -self.keep]:
@@ -116,25 +95,13 @@ class Checkpoints:
         accelerator.wait_for_everyone()
         return target
 
-    def check(self, path: Path) -> dict[str, Any]:
-        """The checkpoint's state; an error naming every setting that differs from this run's."""
-        state = json.loads((path / "state.json").read_text())
-        diffs = _diff(state, self.identity)
-        if diffs:
-            raise LangliftError(f"{path}: checkpoint was made with another config ({'; '.join(diffs)}): "
-                                f"start without --resume or restore those params")
-        return state
-
-
-def _diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for key, now in current.items():
-        then = saved.get(key)
-        if isinstance(now, dict) and isinstance(then, dict):
-            out += _diff(then, now, f"{prefix}{key}.")
-        elif then != now:
-            out.append(f"{prefix}{key}: checkpoint {then!r}, now {now!r}")
-    return out
+    def resumable(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint and its state when this run made it, else None (one log line says why)."""
+        latest = self.latest()
+        if latest is None:
+            return None
+        state = json.loads((latest / "state.json").read_text())
+        return (latest, state) if resume.same_run(state.get("identity"), self.identity, self.root) else None
 
 
 # ---------------------------------------------------------------- the loop
@@ -187,7 +154,7 @@ class LoopResult:
 
 
 def train(
-    accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: LoopConfig,
+    accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Pretrain,
     data: Data, seed: int, start_step: int = 0, live: Any = None, checkpoints: Checkpoints | None = None,
     padding_free: bool = False, resumed: dict[str, Any] | None = None,
 ) -> LoopResult:
@@ -287,51 +254,63 @@ class Paths:
 
 
 def _tokenizer(
-    p: dict[str, Any], arch: dict[str, Any] | None, texts: list[str], old: PreTrainedTokenizerBase | None
+    p: Pretrain, arch: dict[str, Any] | None, texts: list[str], old: PreTrainedTokenizerBase | None
 ) -> tuple[PreTrainedTokenizerBase, list[str]]:
     """Train a tokenizer (from scratch) or extend ``old`` (continued pretraining); returns it and any new tokens."""
-    tp = p.get("tokenizer") or {}
     if old is None:
         size = arch["vocab_size"]
         log.info("training a byte-fallback BPE tokenizer (vocab %d) on %d documents", size, len(texts))
-        return tk.train(texts, int(size), int(tp.get("min_frequency", 2)), length=len(texts)), []
-    n = int(p.get("extend_vocab") or 0)
-    if n <= 0:
+        return tk.train(texts, int(size), p.tokenizer.min_frequency, length=len(texts)), []
+    if p.extend_vocab == 0:
         return old, []
-    return tk.extend(old, texts, n, int(tp.get("min_frequency", 2)))
+    return tk.extend(old, texts, p.extend_vocab, p.tokenizer.min_frequency)
 
 
-def run(params: dict[str, Any], paths: Paths = Paths(), resume: bool = False) -> dict[str, Any]:
-    """The pretrain stage: tokenizer, model, training, ``models/base`` and metrics. Returns the metrics."""
-    p = params.get("pretrain")
-    if not isinstance(p, dict):
-        raise LangliftError("params.yaml: missing section 'pretrain'")
-    cfg = LoopConfig.from_params(p)
-    seed = int(params.get("seed", 0))
-    init = p.get("init")
-    lang = params.get("language") or {}
-    chat = p.get("chat") or {}
-    template = tk.chat_template(chat.get("user", "### Təlimat:"), chat.get("assistant", "### Cavab:"))
+def run_identity(p: Pretrain, seed: int, arch: dict[str, Any] | None, paths: Paths, precision: str) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it (see :mod:`langlift.resume`)."""
+    return {
+        "init": modelref.fingerprint(p.init) if p.init else None,
+        "extend_vocab": p.extend_vocab if p.init else None,
+        "model": arch or {"context": p.model.context},
+        "tokenizer": p.tokenizer.model_dump(include={"vocab_size", "min_frequency"}),
+        "loop": p.model_dump(mode="json", include=LOOP_KEYS),
+        "seed": seed,
+        "data": resume.data_hashes({"train": paths.train, "val": paths.val}),
+        "precision": precision,
+        "processes": resume.processes(),
+        "code": resume.code_version(sys.modules[__name__], llm, tk, packing),
+    }
+
+
+def run(params: Params, paths: Paths = Paths(), fresh: bool = False) -> dict[str, Any]:
+    """The pretrain stage: tokenizer, model, training, ``models/base`` and metrics. Returns the metrics.
+
+    Resumes the newest checkpoint of this same run (:func:`run_identity`) unless ``fresh``.
+    """
+    cfg = p = params.pretrain
+    seed, init = params.seed, p.init
+    if init:
+        modelref.check_declared(init, "pretrain.init")
+    template = tk.chat_template(p.chat.user, p.chat.assistant)
 
     train_texts, val_texts = read_texts(paths.train), read_texts(paths.val)
-    arch = None if init else llm.resolve(p.get("preset", "tiny"), p.get("model") or {})
+    arch = None if init else llm.resolve(p.preset, p.model.model_dump())
     if arch:
-        size = (p.get("tokenizer") or {}).get("vocab_size")
-        arch["vocab_size"] = int(size or arch["vocab_size"])
-        log.info("model from scratch, preset %s: %s", p.get("preset", "tiny"), llm.describe(arch))
+        arch["vocab_size"] = p.tokenizer.vocab_size or arch["vocab_size"]
+        log.info("model from scratch, preset %s: %s", p.preset, llm.describe(arch))
     else:
         log.info("continued pretraining of %s", init)
-    tp = p.get("tokenizer") or {}
-    identity = {"init": init, "extend_vocab": p.get("extend_vocab") if init else None,
-                "tokenizer": {k: tp.get(k) for k in ("vocab_size", "min_frequency")}}
-    ckpt_root = Path(p.get("checkpoint_dir", "checkpoints/pretrain"))
-    latest = Checkpoints(ckpt_root, cfg.keep_checkpoints, {}).latest() if resume else None
-    if resume and latest is None:
-        log.warning("--resume: no checkpoint under %s, starting from step 0", ckpt_root)
+    probe = hardware.choose(params.hardware.model_dump())  # device/precision before sizing memory
+    ckpt_root = Path(p.checkpoint_dir)
+    checkpoints = Checkpoints(ckpt_root, cfg.keep_checkpoints, run_identity(p, seed, arch, paths, probe.precision),
+                              paths.live)
+    if fresh and checkpoints.latest() is not None:
+        log.warning("--fresh: starting from step 0 and removing the checkpoints under %s", ckpt_root)
+    found = None if fresh else checkpoints.resumable()
+    latest = found[0] if found else None
 
     # the tokenizer: from the checkpoint on resume, else trained / extended (deterministic: every rank
     # trains the same one, rank 0 saves it beside the checkpoints)
-    probe = hardware.choose(params.get("hardware"))  # device/precision before sizing memory
     tok_dir = ckpt_root / "tokenizer"
     old_tok, added = None, []
     if init:
@@ -345,7 +324,7 @@ def run(params: dict[str, Any], paths: Paths = Paths(), resume: bool = False) ->
             added = tokenizer.convert_ids_to_tokens(list(range(len(old_tok), len(tokenizer))))
     else:
         tokenizer, added = _tokenizer(p, arch, train_texts, old_tok)
-    context = int(arch["context"]) if arch else int((p.get("model") or {}).get("context") or 2048)
+    context = int(arch["context"]) if arch else p.model.context or 2048
     tokenizer = tk.finalize(tokenizer, template, context)
     if init:
         context = min(context, int(getattr(AutoConfig.from_pretrained(init), "max_position_embeddings", context)))
@@ -356,7 +335,9 @@ def run(params: dict[str, Any], paths: Paths = Paths(), resume: bool = False) ->
     data = Data(blocks(train_stream, context, paths.train), blocks(val_stream, context, paths.val, allow_short=True),
                 tokenizer.eos_token_id)
     fert = {"fertility": tk.fertility(tokenizer, val_texts)}
-    ref = tk.load_reference((p.get("tokenizer") or {}).get("reference"))
+    if p.tokenizer.reference:
+        modelref.check_declared(p.tokenizer.reference, "pretrain.tokenizer.reference")
+    ref = tk.load_reference(p.tokenizer.reference)
     fert["reference_fertility"] = tk.fertility(ref, val_texts) if ref is not None else None
 
     # the model
@@ -369,15 +350,13 @@ def run(params: dict[str, Any], paths: Paths = Paths(), resume: bool = False) ->
         config = llm.build_config(arch, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
                                   tokenizer.pad_token_id, attn)
         model = llm.from_scratch(config, seed)
-    identity["architecture"] = llm.architecture(model.config)
-    identity["context"] = context
     n_params = sum(q.numel() for q in model.parameters())
     log.info("%s params, %d train tokens (%d blocks of %d), %d val tokens, fertility %.3f tokens/word",
              f"{n_params:,}", len(train_stream), len(data.train), context, len(val_stream), fert["fertility"])
     need = hardware.training_memory_bytes(
         n_params, n_params, 2 if probe.precision in ("bf16", "fp16") else 4,
         cfg.batch_size * context, model.config.hidden_size, model.config.num_hidden_layers)
-    settings = hardware.choose(params.get("hardware"), need)
+    settings = hardware.choose(params.hardware.model_dump(), need)
     hardware.apply(settings)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -386,22 +365,17 @@ def run(params: dict[str, Any], paths: Paths = Paths(), resume: bool = False) ->
         mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(settings.precision, "no"),
         gradient_accumulation_steps=cfg.grad_accum, cpu=settings.device == "cpu",
     )
-    checkpoints = Checkpoints(ckpt_root, cfg.keep_checkpoints, identity)
-    if latest is not None:
-        checkpoints.check(latest)
-    elif accelerator.is_main_process:
-        if ckpt_root.exists():
-            log.warning("fresh start: removing old checkpoints under %s (use --resume to continue them)", ckpt_root)
-            shutil.rmtree(ckpt_root)
+    if latest is None and accelerator.is_main_process:
+        shutil.rmtree(ckpt_root, ignore_errors=True)
         tokenizer.save_pretrained(tok_dir)
     accelerator.wait_for_everyone()
 
     optimizer = make_optimizer(model, cfg, settings.device)
     model, optimizer = accelerator.prepare(model, optimizer)
     start, resumed = 0, None
-    if latest is not None:
+    if found is not None:
         accelerator.load_state(str(latest))
-        resumed = checkpoints.check(latest)
+        resumed = found[1]
         start = resumed["step"]
         log.info("resumed from %s at step %d", latest, start)
 
@@ -409,9 +383,9 @@ def run(params: dict[str, Any], paths: Paths = Paths(), resume: bool = False) ->
     if accelerator.is_main_process:
         from dvclive import Live
 
-        live = Live(dir=str(paths.live), resume=latest is not None, dvcyaml=None, save_dvc_exp=False)
         if latest is not None:
-            _truncate_curves(paths.live, start)
+            resume.restore_curves(latest, paths.live)  # DVC deleted them before rerunning the stage
+        live = Live(dir=str(paths.live), resume=latest is not None, dvcyaml=None, save_dvc_exp=False)
     result = train(accelerator, model, optimizer, cfg, data, seed, start, live, checkpoints, settings.padding_free,
                    resumed)
 
@@ -450,7 +424,7 @@ def run(params: dict[str, Any], paths: Paths = Paths(), resume: bool = False) ->
             "processes": accelerator.num_processes,
             **{f"tokenizer_{k}": round(v, 4) if v is not None else None for k, v in fert.items()},
             **{f"hardware.{k}": v for k, v in settings.as_metrics().items()},
-            "language": lang.get("code"),
+            "language": params.language.code,
         }
         write_json(paths.metrics, metrics)
         log.info("wrote %s: val loss %s, %s tokens/s, MFU %s", paths.model, metrics["val_loss"],
@@ -458,13 +432,3 @@ def run(params: dict[str, Any], paths: Paths = Paths(), resume: bool = False) ->
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
-
-
-def _truncate_curves(live_dir: Path, step: int) -> None:
-    """Drop dvclive rows logged after ``step`` by an interrupted run, so resumed curves do not double back."""
-    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
-        lines = tsv.read_text().splitlines(keepends=True)
-        if not lines:
-            continue
-        col = lines[0].rstrip("\n").split("\t").index("step")
-        tsv.write_text("".join(lines[:1] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) <= step]))

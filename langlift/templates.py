@@ -18,10 +18,10 @@ from typing import Any
 from tqdm import tqdm
 
 from langlift.errors import LangliftError
+from langlift.params import Finetune
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_SOURCES = ("auto", "model", "params")
 OVERLONG = ("drop", "truncate")
 IGNORE = -100  # label of tokens that carry no loss
 _PROBE = [{"role": "user", "content": "1 + 1?"}, {"role": "assistant", "content": "2"}]
@@ -66,13 +66,11 @@ def compile_template(spec: dict[str, Any], where: str) -> str:
     )
 
 
-def resolve(tokenizer: Any, ft: dict[str, Any], lang: str) -> Template:
+def resolve(tokenizer: Any, ft: Finetune, lang: str) -> Template:
     """Pick the training template: the model's own (made maskable) or the language's from params."""
-    source = ft.get("template", "auto")
-    if source not in TEMPLATE_SOURCES:
-        raise LangliftError(f"params.yaml: finetune.template: {source!r} is not one of {TEMPLATE_SOURCES}")
-    spec = (ft.get("templates") or {}).get(lang)
-    input_marker = (spec or {}).get("input") or ""
+    source = ft.template
+    spec = ft.templates.get(lang)
+    input_marker = spec.input if spec else ""
     own = getattr(tokenizer, "chat_template", None)
     if source == "model" or (source == "auto" and own):
         if not own:
@@ -87,7 +85,7 @@ def resolve(tokenizer: Any, ft: dict[str, Any], lang: str) -> Template:
                 "chat template; add finetune.templates." + lang + " with instruction/response markers"
             )
         where = f"params.yaml: finetune.templates.{lang}"
-        template = Template(f"params:{lang}", compile_template(spec, where), input_marker)
+        template = Template(f"params:{lang}", compile_template(spec.model_dump(), where), input_marker)
     _check_masks(tokenizer, template)
     return template
 

@@ -3,6 +3,7 @@
 `python stages/finetune.py` trains params' base_model into models/finetuned/; a matrix entry
 (`--name N --base-model M`) trains into models/matrix/N/ with metrics/matrix/N.json. Multi-GPU:
 `accelerate launch --config_file configs/accelerate/<ddp|fsdp|deepspeed>.yaml stages/finetune.py`.
+An interrupted run resumes from its newest checkpoint when rerun (`dvc repro`); `--fresh` starts over.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from langlift.cli import run_stage
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="Params file.")
 @click.option("--name", default=None, help="Matrix entry name: write models/matrix/NAME and metrics/matrix/NAME.json.")
 @click.option("--base-model", default=None, help="Base model (local folder or hub id); default: params' base_model.")
+@click.option("--fresh", is_flag=True, help="Start from step 0 and remove this run's checkpoints (by default an "
+              "interrupted run resumes from its newest checkpoint when params, data, base model and code match).")
 @run_stage
-def main(params_path: str, name: str | None, base_model: str | None) -> None:
+def main(params_path: str, name: str | None, base_model: str | None, fresh: bool) -> None:
     """Fine-tune the base model on data/split/{train,val}.jsonl."""
-    params = P.load(params_path).model_dump()  # TODO(lead): typed
-    F.run(params, base_model=base_model, name=name)
+    F.run(P.load(params_path), base_model=base_model, name=name, fresh=fresh)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Pretrain stage: train a tokenizer and a Llama from scratch on the split corpus (or continue
 pretraining ``pretrain.init``) and write ``models/base/`` plus ``metrics/pretrain.json``.
 
-    python stages/pretrain.py                      # what `dvc repro pretrain` runs
-    python stages/pretrain.py --resume             # continue from the latest checkpoint
+    python stages/pretrain.py                      # what `dvc repro pretrain` runs; resumes an interrupted run
+    python stages/pretrain.py --fresh              # start from step 0 even if a checkpoint of this run exists
     accelerate launch --config_file configs/accelerate/ddp.yaml stages/pretrain.py
 """
 
@@ -17,11 +17,12 @@ from langlift.pretrain import run
 
 @click.command()
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="Parameters file.")
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in pretrain.checkpoint_dir.")
+@click.option("--fresh", is_flag=True, help="Start from step 0 and remove the checkpoints in pretrain.checkpoint_dir "
+              "(by default the newest is resumed when this same run made it).")
 @run_stage
-def main(params_path: str, resume: bool) -> None:
+def main(params_path: str, fresh: bool) -> None:
     """Pretrain (or continue pretraining) the base model."""
-    run(P.load(params_path).model_dump(), resume=resume)  # TODO(lead): typed
+    run(P.load(params_path), fresh=fresh)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from langlift.evaluate.harness import Harness
 from langlift.evaluate.inputs import EvalSets
 from langlift.evaluate.metrics import translation_scores
 from langlift.evaluate.models import load_base
-from langlift.params import Evaluate, Language, Params
+from langlift.params import Evaluate, Finetune, Language, Params
 
 LANGUAGE = Language(code="az", flores="azj_Latn", name="Azerbaijani", script="Latn")
 
@@ -218,7 +218,7 @@ def test_base_without_chat_template_is_prompted_with_the_finetune_template(tmp_p
     # the fine-tune as the finetune stage writes it: the tokenizer carries the template trained on, and
     # langlift.json records it
     markers = {"instruction": "### Təlimat:\n", "input": "### Giriş:\n", "response": "### Cavab:\n"}
-    template = resolve(tok, {"template": "auto", "templates": {"az": markers}}, "az")
+    template = resolve(tok, Finetune(template="auto", templates={"az": markers}), "az")
     _save_lora(base, finetuned)
     tok.chat_template = template.chat_template
     tok.save_pretrained(finetuned)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import az_sentences, en_sentences, write_jsonl
+from conftest import az_sentences, en_sentences, link_languages, write_jsonl
 from langlift import finetune as F
+from langlift import params as P
 from langlift.errors import DataError, LangliftError
 from langlift.evaluate.models import load_finetuned, read_manifest
+from langlift.params import Params
 from langlift.templates import IGNORE
 
 AZ = {"instruction": "### Təlimat:\n", "input": "### Giriş:\n", "response": "### Cavab:\n"}
@@ -30,10 +32,10 @@ def rows(n: int, answer: str | None = None) -> list[dict]:
     ]
 
 
-def make_params(base: Path, **ft) -> dict:
+def make_params(base: Path, **ft) -> Params:
     params = {
         "seed": 7, "lr": 5e-3, "epochs": 1, "base_model": str(base),
-        "language": {"code": "az", "name": "Azerbaijani"},
+        "language": "az",
         "hardware": {"device": "cpu", "precision": "fp32", "num_threads": 1, "gradient_checkpointing": False},
         "finetune": {
             "method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
@@ -45,13 +47,14 @@ def make_params(base: Path, **ft) -> dict:
     lora = ft.pop("lora", {})
     params["finetune"].update(ft)
     params["finetune"]["lora"].update(lora)
-    return params
+    return P.validate(params)
 
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
     """A repo-like working directory with train/val splits; the stage's relative outputs land here."""
     monkeypatch.chdir(tmp_path)
+    link_languages(tmp_path)
     data = rows(16)
     write_jsonl(tmp_path / "data/split/train.jsonl", data)
     write_jsonl(tmp_path / "data/split/val.jsonl", data[:8])  # a slice of train: its loss is the training loss
@@ -107,6 +110,47 @@ def test_lora_trains_and_saves_exactly_the_declared_adapter(workdir, tiny_llama_
 
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")  # finetune.merge: a standalone model
     assert torch.allclose(logits(merged, ids), logits(reloaded, ids), atol=1e-5)
+
+
+def test_the_adapter_check_compares_the_saved_and_wrapped_adapter_with_params(workdir, tiny_llama_dir):
+    params = make_params(tiny_llama_dir, max_steps=1)  # target_modules: all-linear
+    metrics, model = F.run(params)  # run() checks the adapter: all-linear passes
+    out, ft = workdir / "models/finetuned", params.finetune
+    assert metrics["adapter.modules"] == 14  # 2 layers x 7 linear layers; the tied output layer excluded
+    assert F.verify_adapter(ft, model, out)["r"] == 8
+    F.verify_adapter(ft, load_finetuned(str(out), "cpu", torch.float32).model, out)  # as loaded from disk
+
+    for change, message in [
+        ({"r": 4}, r"r: params 4, saved 8; .*r: params 4, 14 wrapped modules differ \(model\.layers\.0\..*: 8\)"),
+        ({"alpha": 8}, r"lora_alpha: params 8, saved 16; .*scaling: params 1\.0, 14 wrapped .*: 2\.0\)"),
+        ({"dropout": 0.1}, r"lora_dropout: params 0\.1, saved 0\.0; .*lora_dropout: params 0\.1, 14 wrapped"),
+        ({"use_rslora": True}, r"use_rslora: params True, saved False; .*scaling: params 5\.65"),
+        ({"target_modules": ["q_proj", "v_proj"]},
+         r"target_modules: 10 saved but not in params \(model\.layers\.0\.mlp\.down_proj, .*, \.\.\.\); "
+         r"target_modules: 10 wrapped but not in params"),
+    ]:
+        mutated = ft.model_copy(update={"lora": ft.lora.model_copy(update=change)})
+        with pytest.raises(LangliftError, match=message):
+            F.verify_adapter(mutated, model, out)
+
+
+def test_a_config_changed_after_it_was_declared_is_caught(workdir, tiny_llama_dir):
+    params = make_params(tiny_llama_dir, max_steps=1)
+    prep = F.prepare(params, paths=F.Paths.for_run(None))
+    prep.trainer.train()
+    model = prep.trainer.model
+    assert model.peft_config["default"] is prep.declared  # why comparing the two could never fail
+    prep.declared.r = 999  # the applied config follows: only a config built afresh from params notices
+    prep.trainer.save_model(str(workdir / "saved"))
+    with pytest.raises(LangliftError, match=r"saved: the adapter differs .* r: params 8, saved 999$"):
+        F.verify_adapter(params.finetune, model, workdir / "saved")
+
+    config = json.loads((workdir / "saved/adapter_config.json").read_text())
+    config.update(r=8, target_modules=sorted(config["target_modules"])[1:], modules_to_save=["lm_head"])
+    (workdir / "saved/adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(LangliftError, match=r"modules_to_save: params None, saved \['lm_head'\]; "
+                                            r"target_modules: 1 in params but not saved \(model\.layers\.0\.mlp\.down_proj\)$"):
+        F.verify_adapter(params.finetune, model, workdir / "saved")
 
 
 @pytest.mark.parametrize("method", ["qlora", "lora-8bit"])
@@ -215,30 +259,14 @@ def test_packed_and_unpacked_training_give_the_same_loss_curve(workdir, tiny_lla
     assert abs(float(separate) - float(crossing)) > 1e-3
 
 
-def tiny_qwen2_dir(dst: Path, tokenizer_dir: Path) -> Path:
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(1)
-    config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    Qwen2ForCausalLM(config).save_pretrained(dst)
-    tok.save_pretrained(dst)
-    return dst
-
-
-def test_matrix_over_two_architectures_yields_two_adapters(workdir, tiny_llama_dir, tiny_tokenizer_dir):
+def test_matrix_over_two_architectures_yields_two_adapters(workdir, tiny_llama_dir, tiny_qwen2_dir):
     import yaml
 
     from stages.finetune import main as stage
 
-    qwen = tiny_qwen2_dir(workdir / "qwen2", tiny_tokenizer_dir)
-    params = make_params(tiny_llama_dir, max_steps=2)
+    params = make_params(tiny_llama_dir, max_steps=2).model_dump(mode="json")
     params["finetune"]["matrix"] = [{"name": "llama", "base_model": str(tiny_llama_dir)},
-                                    {"name": "qwen2", "base_model": str(qwen)}]
+                                    {"name": "qwen2", "base_model": str(tiny_qwen2_dir)}]
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
     for entry in params["finetune"]["matrix"]:
         result = CliRunner().invoke(stage, ["--name", entry["name"], "--base-model", entry["base_model"]])
@@ -270,8 +298,8 @@ def test_bad_inputs_fail_with_clear_errors(workdir, tiny_llama_dir, monkeypatch)
     with pytest.raises(LangliftError, match="use_dora on an 8-bit base fails on CPU"):
         F.run(make_params(tiny_llama_dir, method="lora-8bit", lora={"use_dora": True}))
 
-    with pytest.raises(LangliftError, match="method: 'prefix'"):
-        F.run(make_params(tiny_llama_dir, method="prefix"))
+    with pytest.raises(LangliftError, match="finetune.method: .*got 'prefix'"):
+        make_params(tiny_llama_dir, method="prefix")
 
     bad = rows(3)
     del bad[2]["output"]
@@ -289,30 +317,46 @@ def test_overlong_examples_are_counted_in_metrics(workdir, tiny_llama_dir):
     assert metrics["train_truncated"] == 0 and metrics["train_dropped_overlong"] >= 1
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint(workdir, tiny_llama_dir):
-    from transformers import TrainerCallback
+def _run_interrupted_at(params: dict, step: int) -> None:
+    """Run the stage and raise KeyboardInterrupt (Ctrl-C) once its optimizer reaches ``step``."""
+    real = F.live_callback
 
-    class Interrupt(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 5:  # after checkpoint-4 was written
+    def interrupting(live):
+        callback = real(live)
+
+        def on_step_end(args, state, control, **kwargs):
+            if state.global_step == step:
                 raise KeyboardInterrupt
 
+        callback.on_step_end = on_step_end
+        return callback
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(F, "live_callback", interrupting)
+        F.run(params)
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(workdir, tiny_llama_dir, caplog):
     params = make_params(tiny_llama_dir, max_steps=6, checkpoint_steps=2, resume=True)
     paths = F.Paths.for_run(None)
-    prep = F.prepare(params, paths=paths)
-    prep.trainer.add_callback(Interrupt())
-    with pytest.raises(KeyboardInterrupt):
-        prep.trainer.train()
+    _run_interrupted_at(params, 5)  # after checkpoint-4 was written
     assert sorted(p.name for p in paths.checkpoints.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    start = json.loads((paths.checkpoints / "start.json").read_text())["eval_loss_start"]
+    shutil.rmtree(paths.live)  # DVC deletes the curves (a stage output) before it reruns the stage
 
     metrics, _ = F.run(params)
     assert metrics["steps"] == 6 and metrics["tokens_per_second"] is None  # continued, not restarted
+    assert metrics["eval_loss_start"] == start and metrics["eval_loss"] < start
+    curves = paths.live / "plots" / "metrics"
+    assert [row.split("\t")[0] for row in (curves / "train/loss.tsv").read_text().splitlines()[1:]] == [
+        "1", "2", "3", "4", "5", "6"]  # the curve from before the interruption is back, no step twice
+    assert (curves / "eval/loss.tsv").read_text().splitlines()[1].split("\t")[:2] == ["0", str(start)]
     assert not paths.checkpoints.exists()  # cleaned up once the model is saved
 
-    changed = copy.deepcopy(params)
-    changed["lr"] = 1e-3
-    prep = F.prepare(params, paths=paths)
-    prep.trainer.add_callback(Interrupt())
-    with pytest.raises(KeyboardInterrupt):
-        prep.trainer.train()
+    changed = params.model_copy(update={"lr": 1e-3})
+    _run_interrupted_at(params, 5)
+    caplog.clear()
     assert F.prepare(changed, paths=paths).resume is None  # other params: the stale checkpoint is not used
+    refused = [r.getMessage() for r in caplog.records if "made by another run" in r.getMessage()]
+    assert len(refused) == 1 and "lr: checkpoint 0.005, now 0.001" in refused[0], refused
+    assert "base_model" not in refused[0] and not list(paths.checkpoints.glob("checkpoint-*"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import _thread
 import copy
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -18,9 +19,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from langlift import model as llm
 from langlift import params as P
-from langlift.errors import LangliftError
 from langlift.packing import doc_position_ids
-from langlift.pretrain import Paths, lr_at, LoopConfig, run
+from langlift.params import Pretrain
+from langlift.pretrain import Paths, lr_at, run
 from langlift.records import make
 
 
@@ -30,8 +31,8 @@ def corpus(n_docs: int, per_doc: int = 8, start: int = 0) -> list[dict]:
             for i in range(n_docs)]
 
 
-def small_params(tmp: Path, **pretrain) -> dict:
-    params = copy.deepcopy(P.load(REPO / "params.yaml"))
+def small_params(tmp: Path, **pretrain) -> P.Params:
+    params = P.load(REPO / "params.yaml").model_dump()
     p = params["pretrain"]
     p["tokenizer"].update(vocab_size=512)
     p["model"].update(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, context=64)
@@ -39,7 +40,7 @@ def small_params(tmp: Path, **pretrain) -> dict:
              eval_batches=4, checkpoint_every=20, keep_checkpoints=2, checkpoint_dir=str(tmp / "ckpt"))
     p.update(pretrain)
     params["hardware"].update(precision="fp32", num_threads=1, device="cpu")  # deterministic
-    return params
+    return P.validate(params)
 
 
 def paths(tmp: Path, name: str = "out") -> Paths:
@@ -100,7 +101,7 @@ def _interrupt_when(path: Path) -> threading.Thread:
     return t
 
 
-def test_resume_after_interruption_matches_uninterrupted(data_dir):
+def test_resume_after_interruption_matches_uninterrupted(data_dir, caplog):
     kw = dict(steps=16, checkpoint_every=4, eval_every=8, log_every=4)
     full = run(small_params(data_dir / "a", **kw), paths(data_dir, "a"))
 
@@ -109,7 +110,8 @@ def test_resume_after_interruption_matches_uninterrupted(data_dir):
     with pytest.raises(KeyboardInterrupt):
         run(params, paths(data_dir, "b"))
     assert not (data_dir / "b" / "base").exists()
-    resumed = run(params, paths(data_dir, "b"), resume=True)
+    shutil.rmtree(data_dir / "b" / "live")  # DVC deletes the curves (a stage output) before it reruns the stage
+    resumed = run(params, paths(data_dir, "b"))  # a plain rerun resumes
     assert 4 <= resumed["resumed_from_step"] < 16
     assert resumed["val_loss"] == pytest.approx(full["val_loss"], abs=1e-5)
     assert resumed["train_loss"] == pytest.approx(full["train_loss"], abs=1e-5)
@@ -119,25 +121,35 @@ def test_resume_after_interruption_matches_uninterrupted(data_dir):
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
     rows = (data_dir / "b" / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()[1:]
-    assert [int(r.split("\t")[0]) for r in rows] == [4, 8, 12, 16]  # no doubled-back steps after the resume
+    assert [int(r.split("\t")[0]) for r in rows] == [4, 8, 12, 16]  # the curve before the crash is back, no step twice
+    assert rows == (data_dir / "a" / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()[1:]
+    evals = (data_dir / "b" / "live" / "plots" / "metrics" / "eval" / "loss.tsv").read_text().splitlines()[1:]
+    assert [r.split("\t")[0] for r in evals] == ["0", "8", "16"]
     assert len(list((data_dir / "b" / "ckpt").glob("step-*"))) == 2  # keep_checkpoints
 
     # resuming a finished run changes nothing and keeps its losses
-    again = run(params, paths(data_dir, "b"), resume=True)
+    again = run(params, paths(data_dir, "b"))
     assert again["resumed_from_step"] == 16 and again["val_loss"] == resumed["val_loss"]
     assert again["initial_val_loss"] == full["initial_val_loss"] and again["tokens_per_second"] is None
 
-    # a checkpoint from another config is refused with the differing setting named
-    other = small_params(data_dir / "b", **kw)
-    other["pretrain"]["model"]["layers"] = 3
-    with pytest.raises(LangliftError, match="num_hidden_layers: checkpoint 2, now 3"):
-        run(other, paths(data_dir, "c"), resume=True)
+    # a checkpoint of another run is refused in one line naming what differs, and training starts afresh
+    other = small_params(data_dir / "b", **kw, lr=1e-3)
+    other.seed += 1
+    write_jsonl(data_dir / "corpus_train.jsonl", corpus(120, start=4))
+    caplog.clear()
+    fresh = run(other, paths(data_dir, "c"))
+    refused = [r.getMessage() for r in caplog.records if "made by another run" in r.getMessage()]
+    assert len(refused) == 1, refused
+    assert "(loop.lr: checkpoint 0.003, now 0.001; seed: checkpoint 1234, now 1235; data.train: checkpoint" in refused[0]
+    assert fresh["resumed_from_step"] == 0 and fresh["initial_val_loss"] != full["initial_val_loss"]
+    states = [json.loads((p / "state.json").read_text()) for p in (data_dir / "b" / "ckpt").glob("step-*")]
+    assert [s["identity"]["loop"]["lr"] for s in states] == [1e-3, 1e-3]  # the old checkpoints are gone
+
+    assert run(other, paths(data_dir, "c"), fresh=True)["resumed_from_step"] == 0  # --fresh
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
-    cfg = LoopConfig(steps=100, batch_size=1, grad_accum=1, lr=1.0, min_lr_ratio=0.1, warmup_steps=10,
-                     weight_decay=0.0, betas=(0.9, 0.95), grad_clip=1.0, eval_every=1, eval_batches=1,
-                     log_every=1, checkpoint_every=1, keep_checkpoints=1)
+    cfg = Pretrain(steps=100, batch_size=1, lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
     lrs = [lr_at(s, cfg) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(x >= y for x, y in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
@@ -173,7 +185,8 @@ def stage(monkeypatch, tmp_path):
 
     def invoke(train: list[dict], **pretrain) -> tuple[int, str]:
         params = small_params(tmp_path, **pretrain)
-        Path("params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+        Path("params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), allow_unicode=True),
+                                       encoding="utf-8")
         write_jsonl(Path("data/split/corpus_train.jsonl"), train)
         write_jsonl(Path("data/split/corpus_val.jsonl"), corpus(2))
         result = CliRunner().invoke(module.main, ["--params", "params.yaml"])

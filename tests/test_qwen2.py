@@ -8,14 +8,15 @@ from conftest import QWEN2_EOS, az_sentences, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from langlift.packing import tokenize
+from langlift.params import Params
 from langlift.pretrain import Paths, run
 
 
-def continued_pretraining_params(init: Path, checkpoints: Path) -> dict:
+def continued_pretraining_params(init: Path, checkpoints: Path) -> Params:
     """Ten steps of continued pretraining of ``init`` with 32 new tokens, on CPU in fp32."""
-    return {
+    return Params.model_validate({
         "seed": 0,
-        "language": {"code": "az", "name": "Azerbaijani"},
+        "language": {"code": "az", "flores": "azj_Latn", "name": "Azerbaijani", "script": "Latn"},
         "hardware": {"device": "cpu", "precision": "fp32", "num_threads": 1, "gradient_checkpointing": "auto",
                      "attn_implementation": "auto", "dataloader_workers": "auto", "padding_free": "auto"},
         "pretrain": {
@@ -25,7 +26,7 @@ def continued_pretraining_params(init: Path, checkpoints: Path) -> dict:
             "weight_decay": 0.1, "betas": [0.9, 0.95], "grad_clip": 1.0, "log_every": 5, "eval_every": 5,
             "eval_batches": 4, "checkpoint_every": 10, "keep_checkpoints": 1, "checkpoint_dir": str(checkpoints),
         },
-    }
+    })
 
 
 def corpus(n_docs: int, start: int = 0) -> list[dict]:

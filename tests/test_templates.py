@@ -7,6 +7,7 @@ import pytest
 from conftest import CHAT_TEMPLATE, build_tokenizer
 from langlift import templates as T
 from langlift.errors import LangliftError
+from langlift.params import Finetune
 
 AZ = {"instruction": "### Təlimat:\n", "input": "### Giriş:\n", "response": "### Cavab:\n"}
 UZ = {"instruction": "### Ko'rsatma:\n", "input": "### Kirish:\n", "response": "### Natija:\n"}
@@ -26,7 +27,7 @@ def response_text(tok, ids, labels):
 
 
 def test_params_template_labels_only_the_response_and_its_eos(tok):
-    template = T.resolve(tok, {"template": "params", "templates": {"uz": UZ}}, "uz")
+    template = T.resolve(tok, Finetune(template="params", templates={"uz": UZ}), "uz")
     assert template.source == "params:uz"
     ids, labels, inserted = T.encode(tok, T.to_messages(rec(inp="qısa"), template), template)
     assert not inserted
@@ -42,27 +43,27 @@ def test_params_template_labels_only_the_response_and_its_eos(tok):
 
 
 def test_auto_uses_the_models_own_template_else_the_languages(tok):
-    assert T.resolve(tok, {"template": "auto", "templates": {"az": AZ}}, "az").source == "model"
+    assert T.resolve(tok, Finetune(template="auto", templates={"az": AZ}), "az").source == "model"
     bare = build_tokenizer()
     bare.chat_template = None
-    assert T.resolve(bare, {"template": "auto", "templates": {"az": AZ}}, "az").source == "params:az"
+    assert T.resolve(bare, Finetune(template="auto", templates={"az": AZ}), "az").source == "params:az"
     with pytest.raises(LangliftError, match="no entry for language 'kk'"):
-        T.resolve(bare, {"template": "auto", "templates": {"az": AZ}}, "kk")
+        T.resolve(bare, Finetune(template="auto", templates={"az": AZ}), "kk")
 
 
 def test_template_without_a_response_marker_is_refused(tok):
     with pytest.raises(LangliftError, match="finetune.templates.az: no 'response' marker"):
-        T.resolve(tok, {"template": "params", "templates": {"az": {"instruction": "### Təlimat:\n"}}}, "az")
+        T.resolve(tok, Finetune(template="params", templates={"az": {**AZ, "response": "\n"}}), "az")
     unmarked = build_tokenizer()
     unmarked.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
     with pytest.raises(LangliftError, match="no \\{% generation %\\} markers"):
-        T.resolve(unmarked, {"template": "model"}, "az")
+        T.resolve(unmarked, Finetune(template="model"), "az")
 
 
 def test_eos_is_inserted_and_labelled_when_the_template_leaves_it_out(tok):
     no_eos = build_tokenizer()
     no_eos.chat_template = CHAT_TEMPLATE.replace("{{ eos_token }}{% endgeneration %}", "{% endgeneration %}")
-    template = T.resolve(no_eos, {"template": "model"}, "az")
+    template = T.resolve(no_eos, Finetune(template="model"), "az")
     ids, labels, inserted = T.encode(no_eos, T.to_messages(rec(), template), template)
     assert inserted
     assert response_text(no_eos, ids, labels) == "Bakı şəhəridir.</s>"
@@ -71,7 +72,7 @@ def test_eos_is_inserted_and_labelled_when_the_template_leaves_it_out(tok):
 
 
 def test_overlong_examples_are_dropped_or_truncated_and_counted(tok):
-    template = T.resolve(tok, {"template": "params", "templates": {"az": AZ}}, "az")
+    template = T.resolve(tok, Finetune(template="params", templates={"az": AZ}), "az")
     short, long_answer = rec(), rec(output=" ".join(["uzun cavab"] * 60))
     long_prompt = rec(instruction=" ".join(["uzun sual"] * 80))
     n = len(T.encode(tok, T.to_messages(short, template), template)[0])
@@ -98,7 +99,7 @@ THINKING = ("{% for m in messages %}{% if m['role'] == 'user' %}### Təlimat:\n{
 def test_examples_without_response_tokens_are_dropped_and_counted():
     thinking = build_tokenizer()
     thinking.chat_template = THINKING
-    template = T.resolve(thinking, {"template": "model"}, "az")
+    template = T.resolve(thinking, Finetune(template="model"), "az")
     empty = dict(rec(output="<think>Paytaxt Bakıdır.</think>"), id="empty")
     rows, stats = T.encode_records([rec(), empty, rec(output="Gəncə.")], thinking, template, 512, "drop", "t")
     assert (stats.examples, stats.kept, stats.dropped_no_response, stats.dropped_overlong) == (3, 2, 1, 0)
@@ -112,6 +113,6 @@ def test_examples_without_response_tokens_are_dropped_and_counted():
     eos_only = build_tokenizer()
     eos_only.chat_template = CHAT_TEMPLATE.replace("{{ m['content'] }}{{ eos_token }}",
                                                    "{{ m['content'].split('</think>')[-1] | trim }}{{ eos_token }}")
-    template = T.resolve(eos_only, {"template": "model"}, "az")
+    template = T.resolve(eos_only, Finetune(template="model"), "az")
     rows, stats = T.encode_records([rec(), empty], eos_only, template, 512, "truncate", "t")
     assert (stats.kept, stats.dropped_no_response) == (1, 1)
