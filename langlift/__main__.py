@@ -1,9 +1,14 @@
-"""``python -m langlift check``: validate params.yaml the way every stage does, before anything runs."""
+"""langlift's commands beside the DVC stages.
+
+``python -m langlift check`` validates params.yaml the way every stage does, before anything runs;
+``python -m langlift new-language CODE --flores FLORES --name NAME`` scaffolds ``languages/<code>/``.
+"""
 
 from __future__ import annotations
 
 import click
 
+from langlift import languages
 from langlift import params as P
 from langlift.cli import run_stage
 
@@ -21,6 +26,20 @@ def check(params_path: str) -> None:
     params = P.load(params_path)
     click.echo(f"{params_path}: ok ({params.language.name}, base model {params.base_model}, "
                f"finetune {params.finetune.method})")
+
+
+@cli.command("new-language")
+@click.argument("code")
+@click.option("--flores", required=True, help="FLORES-200 code, e.g. tur_Latn (language_Script).")
+@click.option("--name", required=True, help="The language's English name, e.g. Turkish.")
+@run_stage
+def new_language(code: str, flores: str, name: str) -> None:
+    """Write languages/CODE/ for a new language, to fill in before `dvc exp run -S language=CODE`."""
+    target, warnings = languages.scaffold(code, flores, name)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"wrote {target.parent}/: fill in what the comments at the top of {target} list, then "
+               f"`python -m langlift check` and `dvc exp run -S language={code}`")
 
 
 if __name__ == "__main__":

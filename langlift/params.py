@@ -8,6 +8,7 @@ not, ranges are checked. Every default lives here and nowhere else.
 from __future__ import annotations
 
 import difflib
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from langlift.errors import LangliftError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PATH = Path("params.yaml")
 LANGUAGES_DIR = "languages"  # one folder per language: language.yaml and its data
@@ -360,7 +363,7 @@ class Hardware(Section):
 
 class Lora(Section):
     r: PositiveInt = 16
-    alpha: PositiveFloat = 32
+    alpha: PositiveInt = 32
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     target_modules: Literal["all-linear"] | list[str] = "all-linear"
     use_dora: bool = False
@@ -552,11 +555,11 @@ def describe(error: ValidationError, path: str | Path = DEFAULT_PATH, model: typ
 def validate(raw: dict[str, Any], path: str | Path = DEFAULT_PATH) -> Params:
     """Validate a params mapping (as read from YAML); a problem is a one-line :class:`LangliftError`.
 
-    ``language`` is a code (read from ``languages/<code>/language.yaml``, relative like every path in params) or the same
+    ``language`` is a code (read from ``languages/<code>/language.yaml`` beside the params file) or the same
     mapping inline; its settings are defaults that the params mapping overrides, and ``{lang}`` in any string
     becomes the language code.
     """
-    raw = with_language(raw)
+    raw = with_language(raw, Path(path).parent)
     try:
         params = Params.model_validate(raw)
     except ValidationError as e:
@@ -593,11 +596,22 @@ def with_language(raw: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]
         "generate": {"filters": {"blocked_keywords": {lang.code: lang.blocked_keywords},
                                  "refusals": {lang.code: lang.refusals}}},
     }, lang.params)
-    merged = _deep_merge(layer, {k: v for k, v in raw.items() if k != "language"})
+    own = {k: v for k, v in raw.items() if k != "language"}
+    for key in sorted(_leaves(lang.params) & _leaves(own)):
+        log.warning("%s sets %s, and params.yaml sets it too: params.yaml wins", where, key)
+    merged = _deep_merge(layer, own)
     fetch = merged.setdefault("fetch", {})
     fetch["sources"] = [*(fetch.get("sources") or []), *(src.model_dump(exclude_unset=True) for src in lang.sources)]
     merged["language"] = lang.model_dump(include=set(Language.model_fields))
     return merged
+
+
+def _leaves(node: Any, prefix: str = "") -> set[str]:
+    """The dotted keys of the non-mapping values in ``node``."""
+    if not isinstance(node, dict):
+        return {prefix} if prefix else set()
+    return set().union(*(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+                         for k, v in node.items()))
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from conftest import REPO
 from test_translate_backends import nllb_dir  # noqa: F401  (a tiny real NLLB-style model)
+from test_pipeline import COPIED  # the same copy of the repository as the pipeline tests
 
 PACKAGE = "langlift"
 
@@ -130,10 +131,6 @@ def test_the_closure_follows_relative_lazy_and_package_imports(tmp_path):
 
 
 # -- local models are dependencies: a real `dvc repro` / `dvc status` in a temporary copy ----------------
-
-COPIED = ["langlift", "stages", "configs", "data/samples", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore",
-          ".gitignore", "models/local/.gitignore"]
-
 
 def sh(ws: Path, *cmd: str, ok: bool = True) -> subprocess.CompletedProcess:
     run = subprocess.run(cmd, cwd=ws, capture_output=True, text=True)

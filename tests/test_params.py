@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, link_languages
 from pydantic import BaseModel
 
 from langlift import params as P
@@ -125,6 +125,7 @@ SHIPPED_DIFFERS = {"fetch.sources", "generate.filters.blocked_keywords", "genera
 def test_check_command_reports_ok_and_errors(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "langlift", "check"], cwd=REPO, capture_output=True, text=True)
     assert ok.returncode == 0 and "params.yaml: ok" in ok.stdout
+    link_languages(tmp_path)
     bad = tmp_path / "params.yaml"
     bad.write_text((REPO / "params.yaml").read_text(encoding="utf-8").replace("  r: 16", "  rank: 4"), encoding="utf-8")
     result = subprocess.run([sys.executable, "-m", "langlift", "check", "--params", str(bad)], cwd=REPO,

@@ -101,3 +101,29 @@ def test_lr_experiment_reruns_finetune_and_evaluate_and_diffs(workspace):
     diff = json.loads(dvc(workspace, "metrics", "diff", "--json"))
     changed = set(diff.get("metrics/evaluate.json", {})) | set(diff.get("metrics/finetune.json", {}))
     assert any(key.startswith("finetuned.") for key in changed), diff
+
+
+def test_editing_another_languages_files_reruns_nothing(workspace):
+    memory = workspace / "languages" / "uz" / "translation_memory.jsonl"
+    before = memory.read_text(encoding="utf-8")
+    try:
+        memory.write_text(before + json.dumps({"en": "Hello.", "uz": "Salom.", "origin": "llm"}) + "\n", encoding="utf-8")
+        assert "up to date" in dvc(workspace, "status")
+    finally:
+        memory.write_text(before, encoding="utf-8")
+
+
+@pytest.mark.parametrize("code", ["he", "uz", "rw"])
+def test_one_key_runs_the_whole_pipeline_for_another_language(workspace, code):
+    """`dvc exp run -S language=<code>` and nothing else: every stage reruns on that language's shipped data."""
+    out = dvc(workspace, "exp", "run", "-S", f"language={code}")
+    assert {"fetch", "translate", "dedupe", "split", "pretrain", "finetune", "evaluate"} <= ran(out)
+    split = json.loads((workspace / "metrics/split.json").read_text())["instructions"]
+    assert split["target_lang"] == code and split[f"train_{code}"] > 0 and split[f"test_{code}"] >= 8
+    details = json.loads((workspace / "metrics/evaluate_details.json").read_text())
+    assert details["language"] == code
+    evaluate = json.loads((workspace / "metrics/evaluate.json").read_text())
+    assert {f"finetuned.bleu_en_{code}", f"finetuned.chrf_{code}_en", "finetuned.ppl"} <= set(evaluate)
+    diff = json.loads(dvc(workspace, "metrics", "diff", "--json"))
+    assert diff.get("metrics/data.json"), "dvc metrics diff shows the language's data metrics"
+    assert "up to date" in dvc(workspace, "status")
