@@ -61,7 +61,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a BOM is allowed, as in fetch
             except UnicodeDecodeError as e:
                 raise DataError(path, lineno, None, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import REPO
 from test_translate_backends import nllb_dir  # noqa: F401  (a tiny real NLLB-style model)
-from test_pipeline import COPIED  # the same copy of the repository as the pipeline tests
+from test_pipeline import copy_repository
 
 PACKAGE = "langlift"
 
@@ -149,14 +149,7 @@ def set_params(ws: Path, **translate) -> None:
 
 
 def test_a_changed_byte_in_a_local_translate_model_makes_translate_stale(tmp_path, nllb_dir):
-    ws = tmp_path / "repo"
-    for item in COPIED:
-        src, dst = REPO / item, ws / item
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
+    ws = copy_repository(tmp_path / "repo")
     for cmd in (["init", "-q"], ["config", "user.email", "ci@langlift.invalid"], ["config", "user.name", "ci"],
                 ["add", "-A"], ["commit", "-qm", "clone"]):
         sh(ws, "git", *cmd)

@@ -27,6 +27,18 @@ def dvc(ws: Path, *args: str) -> str:
     return sh(ws, sys.executable, "-m", "dvc", *args)
 
 
+def copy_repository(ws: Path) -> Path:
+    """The tracked parts of the repository a pipeline run needs, copied into ``ws``."""
+    for item in COPIED:
+        src, dst = REPO / item, ws / item
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    return ws
+
+
 def ran(output: str) -> set[str]:
     """Names of the stages a `dvc repro` / `dvc exp run` output says it ran."""
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
@@ -35,14 +47,7 @@ def ran(output: str) -> set[str]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """A git+DVC copy of the repository on which the default pipeline has run once."""
-    ws = tmp_path_factory.mktemp("repo")
-    for item in COPIED:
-        src, dst = REPO / item, ws / item
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
+    ws = copy_repository(tmp_path_factory.mktemp("repo"))
     sh(ws, "git", "init", "-q")
     sh(ws, "git", "config", "user.email", "ci@langlift.invalid")
     sh(ws, "git", "config", "user.name", "ci")

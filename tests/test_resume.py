@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO
 from safetensors.torch import load_file
-from test_pipeline import COPIED, dvc, sh
+from test_pipeline import copy_repository, dvc, sh
 
 PRETRAIN_STEPS, FINETUNE_STEPS = 40, 30
 TINY = {  # a few seconds per stage on 2 CPU cores; fp32 on one thread, so reruns are reproducible
@@ -59,14 +58,7 @@ def set_params(ws: Path, over: dict) -> None:
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     """A git+DVC copy of the repository with tiny training params, split data ready."""
-    ws = tmp_path_factory.mktemp("resume")
-    for item in COPIED:
-        src, dst = REPO / item, ws / item
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
+    ws = copy_repository(tmp_path_factory.mktemp("resume"))
     set_params(ws, TINY)
     sh(ws, "git", "init", "-q")
     sh(ws, "git", "add", "-A")

@@ -8,13 +8,13 @@ returns ``None`` and passes to the next backend.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 from langlift.errors import DataError, LangliftError
 from langlift.fetch import read_utf8
+from langlift.io import read_jsonl
 from langlift.translate.base import Backend
 from langlift.translate.segment import normalize
 
@@ -48,13 +48,7 @@ class MemoryBackend(Backend):
     @staticmethod
     def _read_jsonl(path: Path, source_key: str, target_key: str) -> list[tuple[str, str]]:
         pairs = []
-        for line, row in _lines(path):
-            try:
-                obj = json.loads(row)
-            except json.JSONDecodeError as e:
-                raise DataError(path, line, None, f"malformed JSON: {e.msg} (column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(path, line, None, f"expected a JSON object, got {type(obj).__name__}")
+        for line, obj in read_jsonl(path):
             for key in (source_key, target_key):
                 if not isinstance(obj.get(key), str) or not obj[key].strip():
                     raise DataError(path, line, key, "missing or empty (translation memory entries need both sides)")
