@@ -545,6 +545,7 @@ def run(params: Params, *, base_model: str | None = None, name: str | None = Non
     metrics: dict[str, Any] = {
         "method": method,
         "base_model": prep.base_name,
+        "base_model_fingerprint": modelref.fingerprint(prep.base),  # content hash, or hub id@commit
         "template": prep.template.source,
         "fused_lm_head": prep.fused_lm_head,
         "train_loss": last,
@@ -588,6 +589,7 @@ def run(params: Params, *, base_model: str | None = None, name: str | None = Non
             merge_adapter(prep.base, tmp, tmp / "merged", prep.settings.dtype)
         write_json(tmp / INFO_FILE, {
             "base_model": prep.base_name,
+            "base_model_fingerprint": metrics["base_model_fingerprint"],
             "method": method,
             "template": prep.template.as_dict(),
             "adapter_config": adapter,

@@ -259,6 +259,7 @@ class DedupeQuality(Section):
     word_ngram: PositiveInt = 3
     max_word_repetition: Probability = 0.3
     max_special_ratio: Probability = 0.3
+    max_social_ratio: Probability = 1.0   # handles, hashtags, URLs, emoji: 1 is off; rw (tweets) sets 0.3
     min_lang_score: Probability = 0.5
 
 
@@ -271,7 +272,9 @@ class Decontaminate(Section):
     ngram: PositiveInt = 13
     min_words: PositiveInt = 4
     eval_sets: list[EvalSet] = [EvalSet(path="data/raw/parallel.jsonl", fields=["src", "tgt"]),
-                                 EvalSet(path="languages/{lang}/prompts.jsonl", fields=["prompt"])]
+                                 EvalSet(path="languages/{lang}/prompts.jsonl", fields=["prompt"]),
+                                 EvalSet(path="data/samples/eval/sib200/{flores}/*.tsv", fields=["text"]),
+                                 EvalSet(path="data/samples/eval/sib200/eng_Latn/*.tsv", fields=["text"])]
 
 
 class Dedupe(Section):
@@ -412,6 +415,15 @@ class Finetune(Section):
         return self
 
 
+class MinExamples(Section):
+    """Fewer scored examples than these flag a set of metrics as not reliable (0: never flagged)."""
+
+    perplexity: NonNegInt = 10    # held-out documents
+    translation: NonNegInt = 50   # pairs per direction: BLEU, chrF++
+    instructions: NonNegInt = 20  # target-language instructions: EM, F1, chrF++
+    sib200: NonNegInt = 100       # SIB-200 test sentences: accuracy
+
+
 class Evaluate(Section):
     finetuned: str = "models/finetuned"
     corpus: str = "data/split/corpus_val.jsonl"
@@ -427,6 +439,10 @@ class Evaluate(Section):
     batch_size: PositiveInt = 8
     lm_eval_tasks: list[str] = Field(default_factory=list)
     lm_eval_chat_template: bool = False
+    sib200: str | None = "data/samples/eval/sib200/{flores}"  # null: no SIB-200 topic classification
+    sib200_shots: NonNegInt = 0
+    max_sib200: PositiveInt = 204
+    min_examples: MinExamples = MinExamples()
 
 
 # ------------------------------------------------------------------ language
@@ -449,6 +465,14 @@ class Language(Section):
     script: str = Field(pattern=r"^[A-Z][a-z]{3}$", description="ISO 15924 script code")
     direction: Literal["ltr", "rtl"] = "ltr"
     normalize: Normalization = Normalization()
+
+    def text_options(self) -> dict[str, str]:
+        """Keyword arguments of :func:`langlift.text.normalize` for text in this language."""
+        rules = self.normalize
+        options = {"niqqud": rules.niqqud, "geresh": rules.geresh, "apostrophes": rules.apostrophes}
+        if rules.other_script == "convert":
+            options["convert"] = f"{self.code}-{self.script}"
+        return options
 
 
 class LanguageFile(Language):
@@ -564,7 +588,8 @@ def validate(raw: dict[str, Any], path: str | Path = DEFAULT_PATH) -> Params:
         params = Params.model_validate(raw)
     except ValidationError as e:
         raise LangliftError(describe(e, path)) from None
-    return Params.model_validate(_fill(params.model_dump(), params.language.code))  # defaults hold {lang} too
+    # defaults hold {lang} and {flores} too
+    return Params.model_validate(_fill(params.model_dump(), params.language.code, params.language.flores))
 
 
 def language_file(code: str, root: Path = Path(".")) -> Path:
@@ -622,14 +647,14 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _fill(node: Any, code: str) -> Any:
-    """``{lang}`` replaced by ``code`` in every string of ``node``."""
+def _fill(node: Any, code: str, flores: str) -> Any:
+    """``{lang}`` replaced by ``code`` and ``{flores}`` by ``flores`` in every string of ``node``."""
     if isinstance(node, str):
-        return node.replace("{lang}", code)
+        return node.replace("{lang}", code).replace("{flores}", flores)
     if isinstance(node, dict):
-        return {k: _fill(v, code) for k, v in node.items()}
+        return {k: _fill(v, code, flores) for k, v in node.items()}
     if isinstance(node, list):
-        return [_fill(v, code) for v in node]
+        return [_fill(v, code, flores) for v in node]
     return node
 
 

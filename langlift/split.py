@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from langlift import records
+from langlift import records, scripts, text
 from langlift.errors import DataError, LangliftError
-from langlift.params import Split
+from langlift.params import Language, Split
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,27 @@ def split_corpus(recs: Iterable[dict[str, Any]], seed: int, val: float) -> dict[
     return out
 
 
-def parallel_test(recs: Iterable[dict[str, Any]], lang: str, seed: int, limit: int) -> list[dict[str, Any]]:
-    """The pairs involving ``lang`` with the lowest hashes, at most ``limit`` (stable as pairs are added)."""
-    pairs = [r for r in recs if lang in (r["src_lang"], r["tgt_lang"])]
+def parallel_test(recs: Iterable[dict[str, Any]], language: Language, seed: int, limit: int
+                  ) -> tuple[list[dict[str, Any]], int]:
+    """The pairs involving the language with the lowest hashes, at most ``limit`` (stable as pairs are added).
+
+    The language's side is normalised as dedupe normalises the language's training text (so an Uzbek
+    reference in Cyrillic becomes Latin, like the corpus); with ``other_script: drop``, a pair whose side is
+    in another script is left out. Returns the pairs and how many were left out so.
+    """
+    lang, options = language.code, language.text_options()
+    pairs, dropped = [], 0
+    for rec in recs:
+        side = "tgt" if rec["tgt_lang"] == lang else "src" if rec["src_lang"] == lang else None
+        if side is None:
+            continue
+        rec = {**rec, side: text.normalize(rec[side], **options)}
+        if language.normalize.other_script == "drop" and not scripts.in_script(rec[side], language.script):
+            dropped += 1
+            continue
+        pairs.append(rec)
     pairs.sort(key=lambda r: bucket(r["id"], seed, "parallel"))
-    return pairs[:limit]
+    return pairs[:limit], dropped
 
 
 def summary(splits: dict[str, list[dict[str, Any]]], lang: str) -> dict[str, Any]:

@@ -250,6 +250,20 @@ def _is_special(ch: str) -> bool:
     return unicodedata.category(ch)[0] in "PSC" and not ch.isspace()
 
 
+_SOCIAL = re.compile(r"(?:@\w+|#\w+|https?://\S+|www\.\S+|RT)[:.,!?]*")
+
+
+def social_ratio(text: str) -> float:
+    """Share of whitespace-separated tokens that are social-media noise: @handles, #hashtags, URLs, ``RT``,
+    or emoji and other symbols with no letter or digit."""
+    tokens = text.split()
+    if not tokens:
+        return 0.0
+    noise = sum(1 for t in tokens if _SOCIAL.fullmatch(t) or not any(c.isalnum() for c in t) and
+                any(unicodedata.category(c) == "So" for c in t))
+    return noise / len(tokens)
+
+
 def special_ratio(text: str) -> float:
     """Share of characters that are neither letters, marks, digits nor whitespace."""
     if not text:

@@ -28,8 +28,8 @@ def main(params_path: str) -> None:
             "the translate (or generate) stage must produce target-language records"
         )
     corpus = S.split_corpus(S.read_records("data/clean/corpus.jsonl", "corpus"), seed, cfg.corpus_val)
-    pairs = S.parallel_test(S.read_records("data/raw/parallel.jsonl", "parallel"), lang, seed,
-                            cfg.parallel_test_max)
+    pairs, other_script = S.parallel_test(S.read_records("data/raw/parallel.jsonl", "parallel"), params.language,
+                                          seed, cfg.parallel_test_max)
 
     for name, recs in instructions.items():
         write_jsonl(f"data/split/{name}.jsonl", recs)
@@ -38,7 +38,7 @@ def main(params_path: str) -> None:
     write_jsonl("data/split/parallel_test.jsonl", pairs)
     metrics = {"instructions": S.summary(instructions, lang),
                "corpus": {name: len(recs) for name, recs in corpus.items()},
-               "parallel_test": len(pairs)}
+               "parallel_test": len(pairs), "parallel_other_script": other_script}
     write_json("metrics/split.json", metrics)
     click.echo(f"instructions {metrics['instructions']} corpus {metrics['corpus']} parallel_test {len(pairs)}")
 

@@ -19,6 +19,7 @@ from langlift.dedupe.steps import (
     chain,
 )
 from langlift.errors import DataError
+from langlift.params import Language
 
 
 def corpus(text: str, lang: str = "az") -> dict:
@@ -152,18 +153,28 @@ def test_decontamination():
 
 def test_the_language_rules_apply_to_its_own_records_only():
     """Uzbek (Tatoeba): Cyrillic becomes Latin, apostrophe variants one form; English is left alone."""
-    rules = {"apostrophes": "uz", "other_script": "convert"}
+    uz = Language(code="uz", flores="uzn_Latn", name="Uzbek", script="Latn",
+                  normalize={"apostrophes": "uz", "other_script": "convert"})
     recs = [corpus("Бу китоб жуда қизиқарли.", "uz"), corpus("Bu kitob juda qiziqarli.", "uz"),
             corpus("O'zbekiston go`zal mamlakat.", "uz"), corpus("Don't touch it.", "en")]
-    kept, _ = run(Normalize(CORPUS, "NFC", "uz", "Latn", rules), [dict(r) for r in recs])
+    kept, _ = run(Normalize(CORPUS, "NFC", "uz", "Latn", uz.text_options()), [dict(r) for r in recs])
     assert [r["text"] for r in kept] == ["Bu kitob juda qiziqarli.", "Bu kitob juda qiziqarli.",
                                          "Oʻzbekiston goʻzal mamlakat.", "Don't touch it."]
-    kept, removed = run(Normalize(CORPUS, "NFC", "uz", "Latn", {"other_script": "drop"}), [dict(r) for r in recs])
+    kept, removed = run(Normalize(CORPUS, "NFC", "uz", "Latn", drop_other=True), [dict(r) for r in recs])
     assert [r["text"] for r in kept][:2] == ["Bu kitob juda qiziqarli.", "O'zbekiston go`zal mamlakat."]
     assert removed.counts["other_script"] == 1
     hebrew = corpus('בְּרֵאשִׁית בָּרָא אֱלֹהִים; צה"ל', "he")
     kept, _ = run(Normalize(CORPUS, "NFC", "he", "Hebr", {"niqqud": "strip", "geresh": "fold"}), [hebrew])
     assert kept[0]["text"] == "בראשית ברא אלהים; צה״ל"
+
+
+def test_tweets_that_are_mostly_handles_urls_and_emoji_are_removed_as_social_noise():
+    """Real AfriSenti Kinyarwanda tweets (languages/rw/data): handles, hashtags, URLs and emoji are counted."""
+    noisy = corpus("@user @user @user @user @user @user @user Hhhhhh ntabyihogoza, ubu x abo yishe bangana ik", "rw")
+    clean = corpus("@user Amahano?! Ni impanuka, inkangu, inzara.... Muyite izina rikwiye.", "rw")
+    emoji = corpus("Murakoze cyane 🙏🙏 #Rwanda https://t.co/x", "rw")
+    kept, removed = run(QualityFilter(CORPUS, "rw", max_social_ratio=0.3, min_lang_score=0), [noisy, clean, emoji])
+    assert [r["text"] for r in kept] == [clean["text"]] and removed.counts["social_noise"] == 2
 
 
 # --- the stage --------------------------------------------------------------------------------------
@@ -207,7 +218,7 @@ def test_stage_end_to_end(tmp_path, monkeypatch):
         assert m[f"{kind}.in"] == m[f"{kind}.kept"] + sum(removed.values())
     assert set(k.split(".")[-1] for k in m if k.startswith("corpus.removed.")) == {
         "empty", "too_few_words", "too_many_words", "char_repetition", "word_repetition", "special_chars",
-        "lang_score", "exact_duplicate", "near_duplicate", "contaminated", "other_script"}
+        "lang_score", "exact_duplicate", "near_duplicate", "contaminated", "other_script", "social_noise"}
     assert m["instructions.removed.exact_duplicate"] >= 1 and m["corpus.removed.exact_duplicate"] >= 1
     assert m["corpus.removed.contaminated"] >= 20  # the 20 evaluation sentences are in the corpus
     assert m["corpus.removed.lang_score"] >= 1 and m["corpus.removed.too_few_words"] >= 1

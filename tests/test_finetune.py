@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from conftest import az_sentences, en_sentences, link_languages, write_jsonl
 from langlift import finetune as F
+from langlift import modelref
 from langlift import params as P
 from langlift.errors import DataError, LangliftError
 from langlift.evaluate.models import load_finetuned, read_manifest
@@ -95,6 +96,7 @@ def test_lora_trains_and_saves_exactly_the_declared_adapter(workdir, tiny_llama_
 
     info = json.loads((out / "langlift.json").read_text())
     assert info["base_model"] == str(tiny_llama_dir) and info["method"] == "lora"
+    assert info["base_model_fingerprint"] == metrics["base_model_fingerprint"] == modelref.fingerprint(str(tiny_llama_dir))
     assert info["adapter_config"]["use_rslora"] is True and info["template"]["source"] == "model"
     card = (out / "README.md").read_text()
     assert f"base_model: {tiny_llama_dir}" in card and "use_rslora" in card and "| eval_loss |" in card

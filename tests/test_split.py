@@ -8,7 +8,7 @@ from conftest import write_jsonl
 from langlift import records
 from langlift import split as S
 from langlift.errors import DataError, LangliftError
-from langlift.params import Split
+from langlift.params import Language, Split
 
 
 def pairs(n: int, start: int = 0) -> list[dict]:
@@ -20,6 +20,9 @@ def pairs(n: int, start: int = 0) -> list[dict]:
                           source_id=en["id"])
         out += [en, az]
     return out
+
+
+AZ = Language(code="az", flores="azj_Latn", name="Azerbaijani", script="Latn")
 
 
 def split(recs, seed, val, test, english_share, **floors):
@@ -85,9 +88,21 @@ def test_corpus_and_parallel_splits():
     assert 60 <= len(corpus["val"]) <= 140 and len(corpus["train"]) + len(corpus["val"]) == 1000
     par = [records.make("parallel", "p", src=f"Doc {i}.", tgt=f"Sənəd {i}.", src_lang="en", tgt_lang="az")
            for i in range(300)]
-    first = S.parallel_test(par, "az", 1, 50)
-    assert len(first) == 50
-    assert {r["id"] for r in first} == {r["id"] for r in S.parallel_test(par[::-1], "az", 1, 50)}
+    first, dropped = S.parallel_test(par, AZ, 1, 50)
+    assert len(first) == 50 and dropped == 0
+    assert {r["id"] for r in first} == {r["id"] for r in S.parallel_test(par[::-1], AZ, 1, 50)[0]}
+
+
+def test_the_parallel_test_set_gets_the_languages_script():
+    """Tatoeba's Uzbek: Cyrillic references become Latin like the training text, or are left out and counted."""
+    lines = [("I love you.", "Мен сени севаман."), ("Where is the school?", "Maktab qayerda?")]
+    par = [records.make("parallel", "t", src=en, tgt=uz, src_lang="en", tgt_lang="uz") for en, uz in lines]
+    convert = Language(code="uz", flores="uzn_Latn", name="Uzbek", script="Latn", normalize={"other_script": "convert"})
+    got, dropped = S.parallel_test(par, convert, 1, 10)
+    assert sorted(r["tgt"] for r in got) == ["Maktab qayerda?", "Men seni sevaman."] and dropped == 0
+    drop = convert.model_copy(update={"normalize": convert.normalize.model_copy(update={"other_script": "drop"})})
+    got, dropped = S.parallel_test(par, drop, 1, 10)
+    assert [r["tgt"] for r in got] == ["Maktab qayerda?"] and dropped == 1
 
 
 def test_read_records_rejects_duplicate_ids(tmp_path):

@@ -8,6 +8,8 @@ reason go to ``removed.jsonl`` with the reason and its details (``duplicate_of``
 
 from __future__ import annotations
 
+import csv
+import glob
 import logging
 import time
 from collections import Counter
@@ -58,27 +60,52 @@ def read_records(paths: list[str], kind: Kind) -> Iterator[Record]:
             yield rec
 
 
+def eval_files(pattern: str) -> list[Path]:
+    """The files of one ``eval_sets`` path: the file itself (an error if missing), or the files a glob
+    matches (a glob matching none is logged and skipped: a language without SIB-200 data)."""
+    if not any(c in pattern for c in "*?["):
+        if not Path(pattern).exists():
+            raise LangliftError(f"dedupe.decontaminate.eval_sets: {pattern} not found")
+        return [Path(pattern)]
+    files = sorted(map(Path, glob.glob(pattern)))
+    if not files:
+        log.warning("dedupe.decontaminate.eval_sets: %s matches no file: skipped", pattern)
+    return files
+
+
+def read_tsv(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line, row) of a tab-separated file whose first line names the columns (quotes are plain text)."""
+    with path.open(encoding="utf-8", newline="") as f:
+        for line, row in enumerate(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 2):
+            yield line, row
+
+
 def eval_texts(sets: list[EvalSet]) -> dict[str, list[str]]:
-    """Texts of the evaluation sets named in ``dedupe.decontaminate.eval_sets``, keyed by path."""
+    """Texts of the evaluation sets named in ``dedupe.decontaminate.eval_sets`` (JSONL records, or TSV
+    rows with named columns), keyed by file."""
     out: dict[str, list[str]] = {}
     for spec in sets:
-        path, fields = Path(spec.path), spec.fields
-        if not path.exists():
-            raise LangliftError(f"dedupe.decontaminate.eval_sets: {path} not found")
-        texts = out.setdefault(str(path), [])
-        for line, rec in read_jsonl(path):
-            for f in fields:
-                value = rec.get(f)
-                if not isinstance(value, str):
-                    got = "missing" if value is None else f"expected a string, got {type(value).__name__}"
-                    raise DataError(path, line, f, got)
-                texts.append(value)
+        for path in eval_files(spec.path):
+            _read_eval_set(path, spec.fields, out.setdefault(str(path), []))
     return out
+
+
+def _read_eval_set(path: Path, fields: list[str], texts: list[str]) -> None:
+    """Append the ``fields`` of every record of ``path`` to ``texts``."""
+    rows = read_tsv(path) if path.suffix == ".tsv" else read_jsonl(path)
+    for line, rec in rows:
+        for f in fields:
+            value = rec.get(f)
+            if not isinstance(value, str):
+                got = "missing" if value is None else f"expected a string, got {type(value).__name__}"
+                raise DataError(path, line, f, got)
+            texts.append(value)
 
 
 def build_steps(kind: Kind, cfg: Dedupe, language: Language, evals: dict[str, list[str]]) -> list[Step]:
     """The configured steps for ``kind``, in pipeline order."""
-    per_doc: list[Step] = [Normalize(kind, cfg.normalize, language.code, language.script, language.normalize.model_dump())]
+    per_doc: list[Step] = [Normalize(kind, cfg.normalize, language.code, language.script, language.text_options(),
+                                     language.normalize.other_script == "drop")]
     if kind is CORPUS:
         per_doc.append(QualityFilter(kind, language.code, **cfg.quality.model_dump()))
     steps: list[Step] = [InProcesses(per_doc, cfg.workers)]

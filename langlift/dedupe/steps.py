@@ -72,32 +72,29 @@ class Collector:
 class Normalize:
     """Normalise every text field in place (:func:`langlift.text.normalize`); drop records left empty.
 
-    Records in the target language ``lang`` also get that language's rules (``language.normalize``:
-    niqqud, geresh, apostrophes, conversion from another script); with ``other_script: drop``, those
-    not written mostly in ``script`` are dropped and counted.
+    Records in the target language ``lang`` also get that language's ``options`` (``Language.text_options``:
+    niqqud, geresh, apostrophes, conversion from another script); with ``drop_other``, those not written
+    mostly in ``script`` are dropped and counted.
     """
 
     kind: Kind
     form: str = "NFC"
     lang: str = ""
     script: str = ""
-    rules: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+    drop_other: bool = False
     reasons: tuple[str, ...] = ("empty", "other_script")
 
     def __call__(self, records: Iterable[Record], removed: Removed) -> Iterator[Record]:
-        other = self.rules.get("other_script", "keep")
-        options = {k: self.rules[k] for k in ("niqqud", "geresh", "apostrophes") if k in self.rules}
-        if other == "convert":
-            options["convert"] = f"{self.lang}-{self.script}"
         for rec in records:
             target = rec.get("lang") == self.lang
             for f in self.kind.fields:
                 if f in rec:
-                    rec[f] = text.normalize(rec[f], self.form, **(options if target else {}))
+                    rec[f] = text.normalize(rec[f], self.form, **(self.options if target else {}))
             empty = [f for f in self.kind.required if not rec[f]]
             if empty:
                 removed(rec, "empty", field=empty[0])
-            elif target and other == "drop" and not scripts.in_script(self.kind.text(rec), self.script):
+            elif target and self.drop_other and not scripts.in_script(self.kind.text(rec), self.script):
                 removed(rec, "other_script", script=scripts.script_of(self.kind.text(rec)))
             else:
                 yield rec
@@ -107,8 +104,9 @@ class Normalize:
 class QualityFilter:
     """Corpus quality checks, cheapest first; the first failing check names the reason.
 
-    Bounds: word count in [min_words, max_words]; ROOTS character and word repetition ratios; the
-    share of special characters; the language-ID probability of ``lang`` (0 turns it off).
+    Bounds: word count in [min_words, max_words]; the share of social-media noise tokens (handles,
+    hashtags, URLs, emoji); ROOTS character and word repetition ratios; the share of special characters;
+    the language-ID probability of ``lang`` (0 turns it off).
     """
 
     kind: Kind
@@ -120,9 +118,11 @@ class QualityFilter:
     word_ngram: int = 3
     max_word_repetition: float = 0.3
     max_special_ratio: float = 0.3
+    max_social_ratio: float = 1.0
     min_lang_score: float = 0.5
     reasons: tuple[str, ...] = (
-        "too_few_words", "too_many_words", "char_repetition", "word_repetition", "special_chars", "lang_score",
+        "too_few_words", "too_many_words", "social_noise", "char_repetition", "word_repetition", "special_chars",
+        "lang_score",
     )
 
     def __post_init__(self) -> None:
@@ -138,6 +138,8 @@ class QualityFilter:
             return "too_few_words", len(tokens)
         if len(tokens) > self.max_words:
             return "too_many_words", len(tokens)
+        if (v := text.social_ratio(doc)) > self.max_social_ratio:
+            return "social_noise", v
         if (v := text.special_ratio(doc)) > self.max_special_ratio:
             return "special_chars", v
         if (v := text.word_repetition(tokens, self.word_ngram)) > self.max_word_repetition:

@@ -29,16 +29,18 @@ def write_plots(folder: str | Path, per_model: dict[str, dict[str, float]]) -> N
             write_json(tmp / f"{key}.json", rows)
 
 
-def _quote(text: str) -> str:
-    """Text as a markdown blockquote, every line kept."""
-    return "\n".join("> " + line for line in (text or "(empty)").splitlines()) or "> (empty)"
+def _quote(text: str, direction: str = "ltr") -> str:
+    """Text as a markdown blockquote, every line kept; right-to-left text in a ``dir="rtl"`` block."""
+    quoted = "\n".join("> " + line for line in (text or "(empty)").splitlines()) or "> (empty)"
+    return f'<div dir="rtl">\n\n{quoted}\n\n</div>' if direction == "rtl" else quoted
 
 
 def samples_markdown(
     prompts: list[dict[str, Any]], answers: dict[str, list[str]], models: dict[str, dict[str, Any]],
     timing: dict[str, dict[str, float]], language: str, max_new_tokens: int, timed_prompts: int,
+    direction: str = "ltr",
 ) -> str:
-    """Side-by-side answers of each model to the fixed prompts, for human review."""
+    """Side-by-side answers of each model to the fixed prompts, for human review (``direction``: the language's)."""
     lines = [
         f"# Generation samples ({language})",
         "",
@@ -52,7 +54,7 @@ def samples_markdown(
         t = timing[name]
         lines.append(f"| {name} | `{info['path']}` | {t['gen_tokens_per_s']:.1f} | {t['ttft_s']:.3f} |")
     for i, p in enumerate(prompts):
-        lines += ["", f"## {i + 1}. `{p['id']}`", "", _quote(p["prompt"])]
+        lines += ["", f"## {i + 1}. `{p['id']}`", "", _quote(p["prompt"], direction)]
         for name in answers:
-            lines += ["", f"**{name}**", "", _quote(answers[name][i])]
+            lines += ["", f"**{name}**", "", _quote(answers[name][i], direction)]
     return "\n".join(lines) + "\n"

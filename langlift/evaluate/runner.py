@@ -109,7 +109,7 @@ def evaluate(
     report.write_plots(outputs.plots, per_model)
     write_text(outputs.samples, report.samples_markdown(
         sets.prompts, answers, models, per_model, language.name, cfg.max_new_tokens,
-        min(cfg.timing_prompts, len(sets.prompts)),
+        min(cfg.timing_prompts, len(sets.prompts)), language.direction,
     ))
     return flat
 
