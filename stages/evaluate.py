@@ -1,7 +1,9 @@
-"""Evaluate stage: base against fine-tuned on perplexity, translation, instruction answers and speed.
+"""Evaluate stage: base against fine-tuned on perplexity, translation, instruction answers, SIB-200 topic
+classification and speed.
 
-Writes metrics/evaluate.json (flat keys: base.*, finetuned.*, delta.*), metrics/evaluate_details.json
-(sacrebleu signatures, models, counts), metrics/evaluate_plots/ and metrics/samples.md; with
+Writes metrics/evaluate.json (flat keys: base.*, finetuned.*, delta.*, and n.* / reliable.* per set),
+metrics/evaluate_details.json (sacrebleu signatures, models, counts), metrics/evaluate_outputs/ (every
+scored example, line-aligned for sacrebleu), metrics/evaluate_plots/ and metrics/samples.md; with
 ``--entry NAME``, the same for one ``finetune.matrix`` entry under metrics/matrix/NAME_*.
 """
 

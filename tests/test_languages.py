@@ -138,3 +138,15 @@ def test_the_scaffold_turns_language_id_off_for_a_language_it_does_not_know(tmp_
     settings = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert settings["params"]["dedupe"]["quality"]["min_lang_score"] == 0
     assert (path.parent / "data").is_dir() and (path.parent / "README.md").exists()
+
+
+def test_review_samples_of_a_right_to_left_language_are_laid_out_right_to_left():
+    from langlift.evaluate.report import samples_markdown
+
+    prompts = [{"id": "he-01", "prompt": "מהי בירת ישראל?"}]
+    timing = {"base": {"gen_tokens_per_s": 1.0, "ttft_s": 0.1}}
+    md = samples_markdown(prompts, {"base": ["ירושלים."]}, {"base": {"path": "models/base"}}, timing, "Hebrew", 8, 1,
+                          direction="rtl")
+    assert '<div dir="rtl">\n\n> מהי בירת ישראל?\n\n</div>' in md and '<div dir="rtl">\n\n> ירושלים.\n\n</div>' in md
+    ltr = samples_markdown(prompts, {"base": ["x"]}, {"base": {"path": "m"}}, timing, "Azerbaijani", 8, 1)
+    assert "dir=" not in ltr

@@ -1,8 +1,9 @@
 """lm-evaluation-harness as the engine: the task YAMLs in ``tasks/`` rendered over this run's files,
 run offline against an in-memory model through lm-eval's ``HFLM``; built-in lm-eval tasks on request.
 
-The harness produces the model outputs and its own perplexity metrics; langlift scores the generated
-text (sacrebleu BLEU/chrF++ with signatures, EM/F1) in :mod:`langlift.evaluate.metrics`.
+The harness produces the model outputs, its own perplexity metrics and the SIB-200 accuracy; langlift
+scores the generated text (sacrebleu BLEU/chrF++ with signatures, EM/F1) in :mod:`langlift.evaluate.metrics`
+and keeps every scored example (id, hypothesis, reference) for the files that let anyone recompute them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from langlift.errors import LangliftError
 from langlift.evaluate import metrics
-from langlift.evaluate.inputs import EvalSets
+from langlift.evaluate.inputs import EvalSets, Sib200
 from langlift.evaluate.models import LoadedModel
 from langlift.io import write_jsonl
 from langlift.params import Evaluate, Language
@@ -23,7 +24,9 @@ from langlift.params import Evaluate, Language
 log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).parent / "tasks"
-CORE_TASKS = ("langlift_perplexity", "langlift_translate", "langlift_instructions")  # always run, scored here
+CORE_TASKS = ("langlift_perplexity", "langlift_translate", "langlift_instructions",  # always run, scored here
+              "langlift_sib200")  # when the language has SIB-200 data
+Examples = dict[str, list[dict[str, Any]]]  # per task: the scored examples, {id, source, hypothesis, reference}
 
 
 def local_task_names() -> list[str]:
@@ -85,6 +88,7 @@ class Harness:
         self.instructions_task = render_task(
             "langlift_instructions", data_file=str(files["instructions"]), input_marker=input_marker, **common
         )
+        self.sib200_task = _sib200_task(sets.sib200, workdir, cfg.sib200_shots, common) if sets.sib200 else None
         self.signatures: dict[str, str] = {}  # sacrebleu's, set by generations()
         # listed tasks: a YAML of tasks/ (placeholders below) or one of lm-eval's own
         placeholders = {
@@ -143,27 +147,52 @@ class Harness:
     def task_names(self) -> list[str]:
         """Every lm-eval task this run evaluates."""
         local = [self.ppl_task, *self.translate_tasks.values(), self.instructions_task]
+        local += [self.sib200_task] if self.sib200_task else []
         return [t["task"] for t in local + self.local_tasks] + self.builtin_tasks
 
-    def generations(self, loaded: LoadedModel) -> dict[str, float]:
+    def generations(self, loaded: LoadedModel) -> tuple[dict[str, float], Examples]:
         """Translation (both directions) and instruction answers through the chat template, scored
         here: BLEU/chrF++ per direction (signatures in ``self.signatures``), EM/F1/chrF++ for the
-        instructions."""
+        instructions; and the scored examples (``translate_<src>_<tgt>``, ``instructions``), answers and
+        references on one line each (:func:`~langlift.evaluate.metrics.one_line`) as they were scored."""
         tasks = [*self.translate_tasks.values(), self.instructions_task]
         results = self._evaluate(self._lm(loaded), tasks, apply_chat_template=True)
         out: dict[str, float] = {}
+        examples: Examples = {}
         by_id = {p["id"]: p for p in self.sets.pairs}
         for direction, task in self.translate_tasks.items():
-            hyps = _outputs(results, task["task"], list(by_id))
-            target = "en" if direction.endswith("_en") else "xx"
-            refs = [by_id[i][target] for i in hyps]
-            scores, self.signatures = metrics.translation_scores(list(hyps.values()), refs, direction.split("_")[1])
+            source, target = ("xx", "en") if direction.endswith("_en") else ("en", "xx")
+            rows = _examples(_outputs(results, task["task"], list(by_id)),
+                             {i: (p[source], p[target]) for i, p in by_id.items()})
+            hyps, refs = [r["hypothesis"] for r in rows], [r["reference"] for r in rows]
+            scores, self.signatures = metrics.translation_scores(hyps, refs, direction.split("_")[1])
             out[f"bleu_{direction}"], out[f"chrf_{direction}"] = scores["bleu"], scores["chrf"]
-        outputs = {r["id"]: r["output"] for r in self.sets.instructions}
-        answers = _outputs(results, self.instructions_task["task"], list(outputs))
-        scores = metrics.instruction_scores(list(answers.values()), [outputs[i] for i in answers], self.lang)
+            examples[f"translate_{direction}"] = rows
+        by_id = {r["id"]: r for r in self.sets.instructions}
+        rows = _examples(_outputs(results, self.instructions_task["task"], list(by_id)),
+                         {i: (_user_turn(r), r["output"]) for i, r in by_id.items()})
+        scores = metrics.instruction_scores([r["hypothesis"] for r in rows], [r["reference"] for r in rows], self.lang)
         out.update({f"instr_{k}": v for k, v in scores.items()})
-        return out
+        examples["instructions"] = rows
+        return out, examples
+
+    def sib200(self, loaded: LoadedModel) -> tuple[dict[str, float], Examples]:
+        """SIB-200 accuracy (percent; lm-eval's multiple-choice ``acc``: the label of highest log-likelihood
+        after the prompt is the prediction) and each test sentence's prediction, with every label's
+        log-likelihood. Nothing when the language has no SIB-200 data."""
+        if self.sib200_task is None:
+            return {}, {}
+        task = self.sib200_task["task"]
+        results = self._evaluate(self._lm(loaded, add_bos_token=None), [self.sib200_task])
+        labels = self.sets.sib200.labels
+        lls = {s["doc"]["id"]: [float(r[0]) for r in s["filtered_resps"]] for s in results["samples"][task]}
+        rows = []
+        for doc in self.sets.sib200.test:
+            scores = lls[doc["id"]]
+            best = scores.index(max(scores))  # the first of equals, as numpy's argmax in lm-eval
+            rows.append({"id": doc["id"], "source": doc["text"], "hypothesis": labels[best], "reference": doc["label"],
+                         "loglikelihoods": dict(zip(labels, scores, strict=True))})
+        return {"sib200_acc": 100 * float(results["results"][task]["acc,none"])}, {"sib200": rows}
 
     def _builtin_manager(self) -> Any:
         """lm-eval's task index, once the listed built-in tasks are known to exist and to load."""
@@ -198,6 +227,26 @@ class Harness:
                 if isinstance(value, (int, float)) and not metric.endswith("_stderr") and filt:
                     flat[f"{task}.{metric}" + ("" if filt == "none" else f"_{filt}")] = float(value)
         return flat
+
+
+def _sib200_task(sib: Sib200, workdir: Path, shots: int, common: dict[str, Any]) -> dict[str, Any]:
+    """The SIB-200 task over this run's train and test sentences."""
+    files = {split: workdir / f"sib200_{split}.jsonl" for split in ("train", "test")}
+    write_jsonl(files["train"], sib.train)
+    write_jsonl(files["test"], sib.test)
+    return render_task("langlift_sib200", train_file=str(files["train"]), test_file=str(files["test"]),
+                       labels=sib.labels, label_list=", ".join(sib.labels), num_fewshot=shots, **common)
+
+
+def _user_turn(rec: dict[str, Any]) -> str:
+    """An instruction record's instruction and (when there is one) input, as a reader sees the task."""
+    return rec["instruction"].strip() + (f"\n\n{rec['input'].strip()}" if rec.get("input", "").strip() else "")
+
+
+def _examples(answers: dict[str, str], texts: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
+    """``{id, source, hypothesis, reference}`` per answer, hypothesis and reference each on one line."""
+    return [{"id": i, "source": texts[i][0], "hypothesis": metrics.one_line(a), "reference": metrics.one_line(texts[i][1])}
+            for i, a in answers.items()]
 
 
 @functools.cache

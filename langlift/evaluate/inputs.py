@@ -1,8 +1,11 @@
 """Reading and checking the evaluation sets: every record needs a unique id (answers are joined to
-references by id), bad records are reported by file, line and field, and an empty selection is an error."""
+references by id), bad records are reported by file, line and field, and an empty selection is an error.
+SIB-200 is optional: a language without its folder is skipped."""
 
 from __future__ import annotations
 
+import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,21 @@ from langlift import records
 from langlift.params import Evaluate
 from langlift.errors import DataError
 from langlift.io import read_jsonl
+
+log = logging.getLogger(__name__)
+
+SIB200_COLUMNS = ["index_id", "category", "text"]
+
+
+@dataclass
+class Sib200:
+    """SIB-200 topic classification of one language: its labels, the train split (for few-shot
+    examples) and the test split, as ``{id, label, text}`` rows."""
+
+    folder: Path
+    labels: list[str]
+    train: list[dict[str, str]]
+    test: list[dict[str, str]]
 
 
 @dataclass
@@ -21,6 +39,7 @@ class EvalSets:
     pairs: list[dict[str, Any]]  # {id, en, xx}: English and target-language sides
     instructions: list[dict[str, Any]]  # target-language instruction records
     prompts: list[dict[str, Any]]  # {id, prompt}
+    sib200: Sib200 | None = None  # None: no SIB-200 data for this language, or turned off
 
 
 def _checked(path: Path, kind: str | None, required: tuple[str, ...] = ()) -> list[tuple[int, dict[str, Any]]]:
@@ -90,11 +109,52 @@ def load_prompts(path: str | Path, limit: int) -> list[dict[str, Any]]:
     return [{"id": r["id"], "prompt": r["prompt"]} for _, r in rows[:limit]]
 
 
-def load_all(cfg: Evaluate, lang: str) -> EvalSets:
-    """All four sets from the paths and caps in the ``evaluate`` params section."""
+def _sib200_split(path: Path, labels: list[str]) -> list[dict[str, str]]:
+    """The rows of one SIB-200 TSV file (``index_id  category  text``, a header line first)."""
+    if not path.is_file():
+        raise DataError(path, None, None, "SIB-200 split not found (the folder needs train.tsv and test.tsv)")
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if next(reader, None) != SIB200_COLUMNS:
+            raise DataError(path, 1, None, f"expected the header {' '.join(SIB200_COLUMNS)} (tab-separated)")
+        rows, seen = [], set()
+        for line, row in enumerate(reader, 2):
+            if len(row) != 3 or not row[2].strip():
+                raise DataError(path, line, "text", f"expected 3 tab-separated columns with a text, got {len(row)}")
+            if row[1] not in labels:
+                raise DataError(path, line, "category", f"{row[1]!r} is not in labels.txt")
+            if row[0] in seen:
+                raise DataError(path, line, "index_id", f"duplicate {row[0]!r}")
+            seen.add(row[0])
+            rows.append({"id": row[0], "label": row[1], "text": row[2]})
+    return _nonempty(rows, path, "SIB-200 sentences")
+
+
+def load_sib200(folder: str | Path | None, limit: int) -> Sib200 | None:
+    """SIB-200 of one language from ``folder`` (``labels.txt``, ``train.tsv``, ``test.tsv``): the whole
+    train split and the first ``limit`` test sentences; None, logged, when there is no such folder."""
+    if not folder:
+        return None
+    folder = Path(folder)
+    if not folder.is_dir():
+        log.info("SIB-200: no %s for this language: topic classification skipped", folder)
+        return None
+    labels_file = folder / "labels.txt"
+    if not labels_file.is_file():
+        raise DataError(labels_file, None, None, "not found: the SIB-200 labels, one a line")
+    labels = [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise DataError(labels_file, None, None, f"expected at least 2 distinct labels, got {labels}")
+    return Sib200(folder, labels, _sib200_split(folder / "train.tsv", labels),
+                  _sib200_split(folder / "test.tsv", labels)[:limit])
+
+
+def load_all(cfg: Evaluate, lang: str, flores: str) -> EvalSets:
+    """All sets from the paths and caps in the ``evaluate`` params section."""
     return EvalSets(
         texts=load_texts(cfg.corpus, cfg.max_docs),
         pairs=load_pairs(cfg.parallel, lang, cfg.max_pairs),
         instructions=load_instructions(cfg.test, lang, cfg.max_instructions),
         prompts=load_prompts(cfg.prompts.format(lang=lang), cfg.max_prompts),
+        sib200=load_sib200(cfg.sib200 and cfg.sib200.replace("{flores}", flores), cfg.max_sib200),
     )

@@ -53,6 +53,14 @@ def token_f1(prediction: str, reference: str, lang: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) one space, stripped: one line of a
+    sacrebleu file. Answers and references are scored in this form, so the saved files hold exactly what
+    was scored; it changes no chrF++, EM or F1, and BLEU only where 13a would join a word hyphenated
+    across a line break."""
+    return " ".join(text.split())
+
+
 def chrf_pp() -> CHRF:
     """chrF++: character 6-grams plus word 2-grams, beta 2 (Popović, 2017), sacrebleu defaults otherwise."""
     return CHRF(word_order=2)

@@ -1,11 +1,12 @@
-"""What the evaluate stage writes: flat metrics with deltas, per-metric plot data and the samples report."""
+"""What the evaluate stage writes: flat metrics with deltas and sample sizes, per-metric plot data, every
+scored example, and the samples report."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from langlift.io import atomic_path, write_json
+from langlift.io import atomic_path, write_json, write_jsonl
 
 
 def flat_metrics(per_model: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -16,6 +17,30 @@ def flat_metrics(per_model: dict[str, dict[str, float]]) -> dict[str, float]:
     base, tuned = per_model.get("base", {}), per_model.get("finetuned", {})
     flat.update({f"delta.{key}": round(tuned[key] - base[key], 6) for key in base if key in tuned})
     return flat
+
+
+def sample_sizes(counts: dict[str, int], minimum: dict[str, int]) -> dict[str, int]:
+    """``n.<set>``: the examples a set of metrics was computed on; ``reliable.<set>``: 1 when that is at
+    least ``minimum[<set>]``, else 0. Flat keys, so ``dvc metrics diff`` shows a set becoming too small."""
+    sizes: dict[str, int] = {}
+    for name, n in counts.items():
+        sizes[f"n.{name}"] = n
+        sizes[f"reliable.{name}"] = int(n >= minimum[name])
+    return sizes
+
+
+def write_examples(folder: str | Path, examples: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    """Every scored example, per model and task: ``<model>/<task>.hyp.txt``, ``.ref.txt`` and ``.ids.txt``,
+    line-aligned (what sacrebleu's command line reads), and ``<task>.jsonl`` with every field."""
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        for model, tasks in examples.items():
+            (tmp / model).mkdir()
+            for task, rows in tasks.items():
+                for suffix, key in (("hyp", "hypothesis"), ("ref", "reference"), ("ids", "id")):
+                    text = "".join(f"{row[key]}\n" for row in rows)
+                    (tmp / model / f"{task}.{suffix}.txt").write_text(text, encoding="utf-8", newline="\n")
+                write_jsonl(tmp / model / f"{task}.jsonl", rows)
 
 
 def write_plots(folder: str | Path, per_model: dict[str, dict[str, float]]) -> None:

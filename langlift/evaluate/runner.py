@@ -1,5 +1,6 @@
 """The evaluate stage's work: score the base and the fine-tuned model the same way, then write the
-metrics, the details (signatures, what was loaded), the plots and the samples report."""
+metrics (with the size of each evaluation set and whether it is large enough to trust), the details
+(signatures, what was loaded), every scored example, the plots and the samples report."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from langlift import hardware
 from langlift.errors import LangliftError
 from langlift.evaluate import inputs, report, timing
-from langlift.evaluate.harness import Harness
+from langlift.evaluate.harness import Examples, Harness
 from langlift.evaluate.models import LoadedModel, load_base, load_finetuned, read_manifest, trained_template
 from langlift.io import write_json, write_text
 from langlift.params import Evaluate, MatrixEntry, Params
@@ -33,15 +34,14 @@ class Outputs:
     details: Path
     samples: Path
     plots: Path
+    examples: Path  # every scored example, per model and task (report.write_examples)
 
     @classmethod
     def for_entry(cls, metrics_dir: str | Path, entry: str | None) -> Outputs:
         """The default outputs, or ``matrix/<entry>_*`` for one entry of ``finetune.matrix``."""
-        d = Path(metrics_dir)
-        if entry is None:
-            return cls(d / "evaluate.json", d / "evaluate_details.json", d / "samples.md", d / "evaluate_plots")
-        d, p = d / "matrix", f"{entry}_"
-        return cls(d / f"{p}evaluate.json", d / f"{p}evaluate_details.json", d / f"{p}samples.md", d / f"{p}evaluate_plots")
+        d, p = (Path(metrics_dir), "") if entry is None else (Path(metrics_dir) / "matrix", f"{entry}_")
+        return cls(d / f"{p}evaluate.json", d / f"{p}evaluate_details.json", d / f"{p}samples.md",
+                   d / f"{p}evaluate_plots", d / f"{p}evaluate_outputs")
 
 
 def matrix_entry(params: Params, name: str) -> MatrixEntry:
@@ -59,7 +59,7 @@ def evaluate(
     write ``outputs``; return the flat metrics. A differing ``expected_base`` is logged."""
     cfg, language = params.evaluate, params.language
     lang = language.code
-    sets = inputs.load_all(cfg, lang)  # bad or empty inputs fail before any model is loaded
+    sets = inputs.load_all(cfg, lang, language.flores)  # bad or empty inputs fail before any model is loaded
     manifest = read_manifest(finetuned)
     base = manifest["base_model"]
     if expected_base is not None and str(expected_base) != base:
@@ -67,10 +67,14 @@ def evaluate(
                     finetuned, base, expected_base, base)
     settings = hardware.choose(params.hardware.model_dump())
     hardware.apply(settings)
-    log.info("evaluating on %d documents, %d pairs per direction, %d instructions, %d prompts",
-             len(sets.texts), len(sets.pairs), len(sets.instructions), len(sets.prompts))
+    log.info("evaluating on %d documents, %d pairs per direction, %d instructions, %d prompts, %s SIB-200 sentences",
+             len(sets.texts), len(sets.pairs), len(sets.instructions), len(sets.prompts),
+             len(sets.sib200.test) if sets.sib200 else "no")
+    sizes = report.sample_sizes(set_sizes(sets), cfg.min_examples.model_dump())
+    warn_small(sizes, cfg.min_examples.model_dump())
 
     per_model: dict[str, dict[str, float]] = {}
+    examples: dict[str, Examples] = {}
     answers: dict[str, list[str]] = {}
     models: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
@@ -85,7 +89,7 @@ def evaluate(
             start = time.perf_counter()
             timing.reset_peak_memory(settings.device)
             loaded = load()
-            per_model[name], answers[name] = _score(harness, loaded, sets, cfg, settings.device)
+            per_model[name], examples[name], answers[name] = _score(harness, loaded, sets, cfg, settings.device)
             models[name] = loaded.info
             seconds[name] = round(time.perf_counter() - start, 1)
             log.info("%s: %s", name, ", ".join(f"{k}={v:.4g}" for k, v in per_model[name].items()))
@@ -94,7 +98,8 @@ def evaluate(
             if settings.device.startswith("cuda"):
                 torch.cuda.empty_cache()
 
-    flat = report.flat_metrics(per_model)
+    flat = {**report.flat_metrics(per_model), **sizes}
+    report.write_examples(outputs.examples, examples)
     write_json(outputs.metrics, flat)
     write_json(outputs.details, {
         "language": lang,
@@ -102,6 +107,9 @@ def evaluate(
         "signatures": {"bleu": harness.signatures["bleu"], "chrf++": harness.signatures["chrf"]},
         "counts": {"documents": len(sets.texts), "pairs_per_direction": len(sets.pairs),
                    "instructions": len(sets.instructions), "prompts": len(sets.prompts)},
+        "min_examples": cfg.min_examples.model_dump(),
+        "sib200": sets.sib200 and {"folder": str(sets.sib200.folder), "labels": sets.sib200.labels,
+                                   "shots": cfg.sib200_shots, "test_sentences": len(sets.sib200.test)},
         "lm_eval": {"version": version("lm_eval"), "tasks": harness.task_names()},
         "hardware": {"device": settings.device, "precision": settings.precision, "threads": settings.num_threads},
         "seconds": seconds,
@@ -114,13 +122,34 @@ def evaluate(
     return flat
 
 
+def set_sizes(sets: inputs.EvalSets) -> dict[str, int]:
+    """How many examples each set of metrics is computed on (the keys of ``evaluate.min_examples``)."""
+    sizes = {"perplexity": len(sets.texts), "translation": len(sets.pairs), "instructions": len(sets.instructions)}
+    if sets.sib200:
+        sizes["sib200"] = len(sets.sib200.test)
+    return sizes
+
+
+def warn_small(sizes: dict[str, int], minimum: dict[str, int]) -> None:
+    """One warning per set of metrics computed on fewer examples than ``evaluate.min_examples`` asks."""
+    for name, threshold in minimum.items():
+        if sizes.get(f"reliable.{name}") == 0:
+            log.warning("%s: only %d examples (evaluate.min_examples.%s: %d): its metrics are flagged "
+                        "reliable.%s = 0 in the metrics; small differences between models are noise",
+                        name, sizes[f"n.{name}"], name, threshold, name)
+
+
 def _score(harness: Harness, loaded: LoadedModel, sets: inputs.EvalSets, cfg: Evaluate,
-           device: str) -> tuple[dict[str, float], list[str]]:
-    """Every metric of one model, and its answers to the review prompts."""
+           device: str) -> tuple[dict[str, float], Examples, list[str]]:
+    """Every metric of one model, every scored example, and its answers to the review prompts."""
     scores = harness.perplexity(loaded)
-    scores.update(harness.generations(loaded))
+    generated, examples = harness.generations(loaded)
+    scores.update(generated)
+    sib200, sib200_examples = harness.sib200(loaded)
+    scores.update(sib200)
+    examples.update(sib200_examples)
     scores.update(harness.listed(loaded))
     answers, timed = timing.generate_timed(loaded, sets.prompts, cfg.max_new_tokens, cfg.timing_prompts)
     scores.update(timed)
     scores["peak_mem_mb"] = timing.peak_memory_mb(device)  # the whole evaluation of this model, load included
-    return scores, answers
+    return scores, examples, answers
