@@ -260,7 +260,8 @@ def _tokenizer(
     if old is None:
         size = arch["vocab_size"]
         log.info("training a byte-fallback BPE tokenizer (vocab %d) on %d documents", size, len(texts))
-        return tk.train(texts, int(size), p.tokenizer.min_frequency, length=len(texts)), []
+        return tk.train(texts, int(size), p.tokenizer.min_frequency, length=len(texts),
+                        exact=p.tokenizer.vocab_size is not None), []
     if p.extend_vocab == 0:
         return old, []
     return tk.extend(old, texts, p.extend_vocab, p.tokenizer.min_frequency)
@@ -326,6 +327,8 @@ def run(params: Params, paths: Paths = Paths(), fresh: bool = False) -> dict[str
         tokenizer, added = _tokenizer(p, arch, train_texts, old_tok)
     context = int(arch["context"]) if arch else p.model.context or 2048
     tokenizer = tk.finalize(tokenizer, template, context)
+    if arch:
+        arch["vocab_size"] = len(tokenizer)  # the preset's size, or what a small corpus supports
     if init:
         context = min(context, int(getattr(AutoConfig.from_pretrained(init), "max_position_embeddings", context)))
 

@@ -43,11 +43,12 @@ def chat_template(user: str, assistant: str) -> str:
 
 
 def train(
-    texts: Iterable[str], vocab_size: int, min_frequency: int = 2, length: int | None = None
+    texts: Iterable[str], vocab_size: int, min_frequency: int = 2, length: int | None = None, exact: bool = True
 ) -> PreTrainedTokenizerFast:
-    """Train a byte-fallback BPE with exactly ``vocab_size`` entries (specials and 256 byte tokens included).
+    """Train a byte-fallback BPE with ``vocab_size`` entries (specials and 256 byte tokens included).
 
-    Raises :class:`LangliftError` when the texts are too few to learn that many merges.
+    When the texts are too few to learn that many merges: with ``exact`` (a size the user chose) a
+    :class:`LangliftError`; without (a preset's default), the tokenizer keeps what the texts support, logged.
     """
     floor = len(SPECIALS) + len(BYTE_TOKENS) + 1
     if vocab_size < floor + 64:
@@ -64,10 +65,13 @@ def train(
     tok.train_from_iterator(texts, trainer, length=length)
     learned = tok.get_vocab_size()
     if learned < vocab_size - len(BYTE_TOKENS):
-        raise LangliftError(
-            f"the corpus supports only {learned + len(BYTE_TOKENS)} tokens at min_frequency {min_frequency}, "
-            f"not vocab_size {vocab_size}: lower pretrain.tokenizer.vocab_size or add text"
-        )
+        short = (f"the corpus supports only {learned + len(BYTE_TOKENS)} tokens at min_frequency {min_frequency}, "
+                 f"not vocab_size {vocab_size}")
+        if exact:
+            raise LangliftError(f"{short}: lower pretrain.tokenizer.vocab_size or add text")
+        log.warning("%s: the tokenizer keeps %d (set pretrain.tokenizer.vocab_size to choose)", short,
+                    learned + len(BYTE_TOKENS))
+        vocab_size = learned + len(BYTE_TOKENS)
     spec = json.loads(tok.to_str())
     vocab = spec["model"]["vocab"]
     for b in BYTE_TOKENS:  # as in Llama: byte tokens are ordinary entries that byte fallback emits

@@ -67,6 +67,14 @@ def test_vocab_size_the_corpus_cannot_support():
         tk.train(az_sentences(50), vocab_size=300)
 
 
+def test_a_presets_vocab_size_adapts_to_a_small_corpus(caplog):
+    """A size the user did not choose (the preset's) keeps what the corpus supports, and says so."""
+    tok = tk.train(az_sentences(50), vocab_size=50000, exact=False)
+    assert 300 < len(tok) < 50000 and "the tokenizer keeps" in caplog.text
+    text = az_sentences(60)[55]
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+
+
 def test_missing_reference_tokenizer_is_skipped(tmp_path):
     assert tk.load_reference(None) is None
     assert tk.load_reference(str(tmp_path / "nowhere")) is None
