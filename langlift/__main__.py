@@ -1,7 +1,8 @@
 """langlift's commands beside the DVC stages.
 
 ``python -m langlift check`` validates params.yaml the way every stage does, before anything runs;
-``python -m langlift new-language CODE --flores FLORES --name NAME`` scaffolds ``languages/<code>/``.
+``python -m langlift new-language CODE --flores FLORES --name NAME`` scaffolds ``languages/<code>/``;
+``python -m langlift recipe NAME [--smoke] [--queue]`` runs a reference pipeline as a named DVC experiment.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import click
 
 from langlift import languages
 from langlift import params as P
+from langlift import recipes
 from langlift.cli import run_stage
 
 
@@ -40,6 +42,18 @@ def new_language(code: str, flores: str, name: str) -> None:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {target.parent}/: fill in what the comments at the top of {target} list, then "
                f"`python -m langlift check` and `dvc exp run -S language={code}`")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--smoke", is_flag=True, help="The smoke size: tiny local models, offline, minutes on a CPU.")
+@click.option("--queue", is_flag=True, help="Queue the experiment (`dvc queue start` runs it) instead of running it.")
+@run_stage
+def recipe(name: str, smoke: bool, queue: bool) -> None:
+    """Run the reference pipeline recipes/NAME.yaml as the DVC experiment NAME (NAME-smoke with --smoke)."""
+    experiment, seconds = recipes.run(name, smoke=smoke, queue=queue)
+    done = "queued" if queue else f"done in {seconds // 60:.0f} min {seconds % 60:02.0f} s"
+    click.echo(f"experiment {experiment}: {done}; see `dvc exp show`")
 
 
 if __name__ == "__main__":

@@ -181,3 +181,25 @@ def extend(
 def old_pieces(tokenizer: PreTrainedTokenizerFast, token: str) -> list[int]:
     """Ids of the old tokenizer's model-level pieces for one (pre-tokenised) token string."""
     return [t.id for t in tokenizer.backend_tokenizer.model.tokenize(token)]
+
+
+QWEN2_EOS = "<|endoftext|>"  # Qwen2's document separator, EOS and pad; Qwen2 tokenizers have no BOS
+
+
+def train_qwen2(texts: Iterable[str], vocab_size: int):
+    """A Qwen2Tokenizer (byte-level BPE, no BOS) trained with Qwen's own pipeline on ``texts``.
+
+    A ``qwen2`` model folder is always loaded with ``Qwen2Tokenizer``, which rebuilds Qwen's byte-level
+    pre-tokeniser around the saved vocabulary: only a vocabulary trained with that pipeline (every byte in
+    the alphabet, so every text round-trips) survives it. For stand-ins of Qwen-family models.
+    """
+    from transformers import Qwen2Tokenizer
+
+    pipeline = Qwen2Tokenizer()._tokenizer  # Qwen's normaliser, pre-tokeniser and decoder
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer, bpe.pre_tokenizer, bpe.decoder = pipeline.normalizer, pipeline.pre_tokenizer, pipeline.decoder
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[QWEN2_EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(texts, trainer)
+    spec = json.loads(bpe.to_str())["model"]
+    return Qwen2Tokenizer(vocab=spec["vocab"], merges=[tuple(m) for m in spec["merges"]])

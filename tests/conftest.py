@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from langlift.tokenizer import chat_template
+from langlift import tokenizer as tk
+from langlift.tokenizer import QWEN2_EOS, chat_template  # noqa: F401 (QWEN2_EOS: for the tests)
 from langlift.tokenizer import train as train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,27 +83,9 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     return path
 
 
-QWEN2_EOS = "<|endoftext|>"  # Qwen2's document separator, EOS and pad; Qwen2 tokenizers have no BOS
-
-
 def build_qwen2_tokenizer(vocab_size: int = 768):
-    """A Qwen2Tokenizer (byte-level BPE, no BOS) trained on the Azerbaijani and English samples.
-
-    A ``qwen2`` model folder is always loaded with ``Qwen2Tokenizer``, which rebuilds Qwen's byte-level
-    pipeline around the saved vocabulary: only a byte-level vocabulary survives that, so this one is
-    trained with exactly that pipeline (every byte in the alphabet, so every text round-trips).
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
-
-    pipeline = Qwen2Tokenizer()._tokenizer  # Qwen's normaliser, pre-tokeniser and decoder
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer, bpe.pre_tokenizer, bpe.decoder = pipeline.normalizer, pipeline.pre_tokenizer, pipeline.decoder
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[QWEN2_EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(az_sentences(1500) + en_sentences(500), trainer)
-    spec = json.loads(bpe.to_str())["model"]
-    tok = Qwen2Tokenizer(vocab=spec["vocab"], merges=[tuple(m) for m in spec["merges"]])
+    """A Qwen2Tokenizer (byte-level BPE, no BOS) trained on the Azerbaijani and English samples."""
+    tok = tk.train_qwen2(az_sentences(1500) + en_sentences(500), vocab_size)
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
