@@ -41,6 +41,7 @@ from langlift import text  # noqa: E402
 from langlift.dedupe.minhash import lsh_params  # noqa: E402
 from langlift.dedupe.pipeline import eval_texts  # noqa: E402
 from langlift.dedupe.steps import CORPUS, Decontaminate, QualityFilter  # noqa: E402
+from langlift.params import DedupeQuality  # noqa: E402
 from langlift.params import load as load_params  # noqa: E402
 
 
@@ -65,9 +66,9 @@ class Quality(BaseFilter):
 
     name = "langlift quality"
 
-    def __init__(self, lang: str, quality: dict, exclusion_writer=None):
+    def __init__(self, lang: str, quality: DedupeQuality, exclusion_writer=None):
         super().__init__(exclusion_writer)
-        self.check = QualityFilter(CORPUS, lang, **quality).check
+        self.check = QualityFilter(CORPUS, lang, quality).check
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         if not doc.text:
@@ -137,7 +138,7 @@ def main() -> None:
     filtered = executor(args, [
         reader,
         Normalize(cfg.normalize),
-        Quality(lang, cfg.quality.model_dump(), exclusion_writer=removed("quality")),
+        Quality(lang, cfg.quality, exclusion_writer=removed("quality")),
         Decontam(evals, decon.ngram, decon.min_words, exclusion_writer=removed("contaminated")),
         JsonlWriter(f"{args.work}/filtered"),
         MinhashDedupSignature(output_folder=f"{args.work}/signatures", config=minhash, language=Words()),

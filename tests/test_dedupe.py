@@ -19,7 +19,7 @@ from langlift.dedupe.steps import (
     chain,
 )
 from langlift.errors import DataError
-from langlift.params import Language
+from langlift.params import DedupeQuality, Language
 
 
 def corpus(text: str, lang: str = "az") -> dict:
@@ -110,7 +110,7 @@ def test_instructions_dedupe_on_all_fields():
 ])
 def test_each_quality_filter(doc, reason):
     good = corpus(paragraph(2, 3))
-    kept, removed = run(QualityFilter(CORPUS, "az", max_words=120), [good, corpus(doc)])
+    kept, removed = run(QualityFilter(CORPUS, "az", DedupeQuality(max_words=120)), [good, corpus(doc)])
     assert [r["id"] for r in kept] == [good["id"]]
     assert removed.counts[reason] == 1 and sum(removed.counts.values()) == 1
     assert removed.samples[0]["reason"] == reason and "value" in removed.samples[0]
@@ -131,7 +131,7 @@ def test_worker_processes_give_the_same_result():
 def test_quality_filter_rejects_unknown_language():
     with pytest.raises(Exception, match="no 'xx'"):
         QualityFilter(CORPUS, "xx")
-    QualityFilter(CORPUS, "xx", min_lang_score=0)  # the check can be turned off
+    QualityFilter(CORPUS, "xx", DedupeQuality(min_lang_score=0))  # the check can be turned off
 
 
 def test_decontamination():
@@ -173,7 +173,7 @@ def test_tweets_that_are_mostly_handles_urls_and_emoji_are_removed_as_social_noi
     noisy = corpus("@user @user @user @user @user @user @user Hhhhhh ntabyihogoza, ubu x abo yishe bangana ik", "rw")
     clean = corpus("@user Amahano?! Ni impanuka, inkangu, inzara.... Muyite izina rikwiye.", "rw")
     emoji = corpus("Murakoze cyane 🙏🙏 #Rwanda https://t.co/x", "rw")
-    kept, removed = run(QualityFilter(CORPUS, "rw", max_social_ratio=0.3, min_lang_score=0), [noisy, clean, emoji])
+    kept, removed = run(QualityFilter(CORPUS, "rw", DedupeQuality(max_social_ratio=0.3, min_lang_score=0)), [noisy, clean, emoji])
     assert [r["text"] for r in kept] == [clean["text"]] and removed.counts["social_noise"] == 2
 
 

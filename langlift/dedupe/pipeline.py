@@ -107,7 +107,7 @@ def build_steps(kind: Kind, cfg: Dedupe, language: Language, evals: dict[str, li
     per_doc: list[Step] = [Normalize(kind, cfg.normalize, language.code, language.script, language.text_options(),
                                      language.normalize.other_script == "drop")]
     if kind is CORPUS:
-        per_doc.append(QualityFilter(kind, language.code, **cfg.quality.model_dump()))
+        per_doc.append(QualityFilter(kind, language.code, cfg.quality))
     steps: list[Step] = [InProcesses(per_doc, cfg.workers)]
     if cfg.exact:
         steps.append(ExactDedupe(kind))

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from langlift import langid, scripts, text
 from langlift.dedupe.minhash import LSH, MinHasher, jaccard, lsh_params, one_thread, shingle_hashes, shingles
 from langlift.errors import LangliftError
+from langlift.params import DedupeQuality
 
 log = logging.getLogger(__name__)
 
@@ -111,42 +112,34 @@ class QualityFilter:
 
     kind: Kind
     lang: str
-    min_words: int = 3
-    max_words: int = 10000
-    char_ngram: int = 10
-    max_char_repetition: float = 0.2
-    word_ngram: int = 3
-    max_word_repetition: float = 0.3
-    max_special_ratio: float = 0.3
-    max_social_ratio: float = 1.0
-    min_lang_score: float = 0.5
+    limits: DedupeQuality = field(default_factory=DedupeQuality)  # ``dedupe.quality``
     reasons: tuple[str, ...] = (
         "too_few_words", "too_many_words", "social_noise", "char_repetition", "word_repetition", "special_chars",
         "lang_score",
     )
 
     def __post_init__(self) -> None:
-        if self.min_lang_score > 0 and self.lang not in langid.identifier().nb_classes:
+        if self.limits.min_lang_score > 0 and not langid.supported(self.lang):
             raise LangliftError(
                 f"dedupe.quality.min_lang_score: the offline language-ID model has no '{self.lang}'; set it to 0"
             )
 
     def check(self, doc: str) -> tuple[str, float] | None:
         """The first failing check as ``(reason, value)``, or None when the text passes."""
-        tokens = text.words(doc)
-        if len(tokens) < self.min_words:
+        q, tokens = self.limits, text.words(doc)
+        if len(tokens) < q.min_words:
             return "too_few_words", len(tokens)
-        if len(tokens) > self.max_words:
+        if len(tokens) > q.max_words:
             return "too_many_words", len(tokens)
-        if (v := text.social_ratio(doc)) > self.max_social_ratio:
+        if (v := text.social_ratio(doc)) > q.max_social_ratio:
             return "social_noise", v
-        if (v := text.special_ratio(doc)) > self.max_special_ratio:
+        if (v := text.special_ratio(doc)) > q.max_special_ratio:
             return "special_chars", v
-        if (v := text.word_repetition(tokens, self.word_ngram)) > self.max_word_repetition:
+        if (v := text.word_repetition(tokens, q.word_ngram)) > q.max_word_repetition:
             return "word_repetition", v
-        if (v := text.char_repetition(doc, self.char_ngram)) > self.max_char_repetition:
+        if (v := text.char_repetition(doc, q.char_ngram)) > q.max_char_repetition:
             return "char_repetition", v
-        if self.min_lang_score > 0 and (v := langid.score(doc, self.lang)) < self.min_lang_score:
+        if q.min_lang_score > 0 and (v := langid.score(doc, self.lang)) < q.min_lang_score:
             return "lang_score", v
         return None
 
