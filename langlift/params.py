@@ -608,7 +608,7 @@ def with_language(raw: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]
                                 f"add one with `python -m langlift new-language {spec} ...`)")
         spec = _read_yaml(where)
     elif isinstance(spec, dict) and set(spec) - set(Language.model_fields):
-        where = Path("params.yaml: language")
+        where = "params.yaml: language"  # the language written inline
     else:
         return raw  # already resolved (a dumped Params validates again as it is), or an error for the schema
     try:

@@ -288,7 +288,7 @@ def run(params: Params, paths: Paths = Paths(), fresh: bool = False) -> dict[str
 
     Resumes the newest checkpoint of this same run (:func:`run_identity`) unless ``fresh``.
     """
-    cfg = p = params.pretrain
+    p = params.pretrain
     seed, init = params.seed, p.init
     if init:
         modelref.check_declared(init, "pretrain.init")
@@ -303,7 +303,7 @@ def run(params: Params, paths: Paths = Paths(), fresh: bool = False) -> dict[str
         log.info("continued pretraining of %s", init)
     probe = hardware.choose(params.hardware.model_dump())  # device/precision before sizing memory
     ckpt_root = Path(p.checkpoint_dir)
-    checkpoints = Checkpoints(ckpt_root, cfg.keep_checkpoints, run_identity(p, seed, arch, paths, probe.precision),
+    checkpoints = Checkpoints(ckpt_root, p.keep_checkpoints, run_identity(p, seed, arch, paths, probe.precision),
                               paths.live)
     if fresh and checkpoints.latest() is not None:
         log.warning("--fresh: starting from step 0 and removing the checkpoints under %s", ckpt_root)
@@ -358,7 +358,7 @@ def run(params: Params, paths: Paths = Paths(), fresh: bool = False) -> dict[str
              f"{n_params:,}", len(train_stream), len(data.train), context, len(val_stream), fert["fertility"])
     need = hardware.training_memory_bytes(
         n_params, n_params, 2 if probe.precision in ("bf16", "fp16") else 4,
-        cfg.batch_size * context, model.config.hidden_size, model.config.num_hidden_layers)
+        p.batch_size * context, model.config.hidden_size, model.config.num_hidden_layers)
     settings = hardware.choose(params.hardware.model_dump(), need)
     hardware.apply(settings)
     if settings.gradient_checkpointing:
@@ -366,14 +366,14 @@ def run(params: Params, paths: Paths = Paths(), fresh: bool = False) -> dict[str
 
     accelerator = Accelerator(
         mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(settings.precision, "no"),
-        gradient_accumulation_steps=cfg.grad_accum, cpu=settings.device == "cpu",
+        gradient_accumulation_steps=p.grad_accum, cpu=settings.device == "cpu",
     )
     if latest is None and accelerator.is_main_process:
         shutil.rmtree(ckpt_root, ignore_errors=True)
         tokenizer.save_pretrained(tok_dir)
     accelerator.wait_for_everyone()
 
-    optimizer = make_optimizer(model, cfg, settings.device)
+    optimizer = make_optimizer(model, p, settings.device)
     model, optimizer = accelerator.prepare(model, optimizer)
     start, resumed = 0, None
     if found is not None:
@@ -389,7 +389,7 @@ def run(params: Params, paths: Paths = Paths(), fresh: bool = False) -> dict[str
         if latest is not None:
             resume.restore_curves(latest, paths.live)  # DVC deleted them before rerunning the stage
         live = Live(dir=str(paths.live), resume=latest is not None, dvcyaml=None, save_dvc_exp=False)
-    result = train(accelerator, model, optimizer, cfg, data, seed, start, live, checkpoints, settings.padding_free,
+    result = train(accelerator, model, optimizer, p, data, seed, start, live, checkpoints, settings.padding_free,
                    resumed)
 
     # outputs
@@ -419,8 +419,8 @@ def run(params: Params, paths: Paths = Paths(), fresh: bool = False) -> dict[str
             "mfu": round(achieved / peak, 4) if result.tokens and peak else None,
             "parameters": n_params,
             "train_tokens": int(len(train_stream)),
-            "tokens_seen": int(result.step * cfg.batch_size * cfg.grad_accum * accelerator.num_processes * context),
-            "epochs": round(result.step * cfg.batch_size * cfg.grad_accum * accelerator.num_processes / len(data.train), 2),
+            "tokens_seen": int(result.step * p.batch_size * p.grad_accum * accelerator.num_processes * context),
+            "epochs": round(result.step * p.batch_size * p.grad_accum * accelerator.num_processes / len(data.train), 2),
             "vocab_size": len(tokenizer),
             "new_tokens": len(added),
             "context": context,
