@@ -1,8 +1,10 @@
 """langlift: turn an English instruction set and a monolingual corpus into an instruction-following
 LLM for a low-resource language, as a DVC pipeline."""
 
+import logging
 import os
 import sys
+import warnings
 
 __version__ = "0.1.0"
 
@@ -20,5 +22,22 @@ def prepare_openmp() -> bool:
     return True
 
 
+def prepare_console() -> None:
+    """Output a person can read, in a terminal or a log. Third-party deprecation warnings are hidden (langlift's
+    own are fixed at the cause, so those still show); the libraries' housekeeping bars (datasets' map/filter) and bitsandbytes'
+    import notice are off; when stderr is not a terminal (a log, CI, a piped `dvc repro`) progress bars redraw at most once a minute
+    and download bars are off. Runs before tqdm is imported: tqdm reads its ``TQDM_*`` defaults once, at import.
+    """
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("default", category=category, module="langlift")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU-kernel notice when peft imports it
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_MININTERVAL", "60")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+prepare_console()
 TORCH_LOADED_FIRST = "torch" in sys.modules
 OPENMP_POLICY_SET = prepare_openmp()

@@ -2,7 +2,8 @@
 
 ``python -m langlift check`` validates params.yaml the way every stage does, before anything runs;
 ``python -m langlift new-language CODE --flores FLORES --name NAME`` scaffolds ``languages/<code>/``;
-``python -m langlift recipe NAME [--smoke] [--queue]`` runs a reference pipeline as a named DVC experiment.
+``python -m langlift recipe NAME [--smoke] [--queue]`` runs a reference pipeline as a named DVC experiment;
+``python -m langlift report [--rev main] [--out reports]`` compares the working tree with a git revision.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import click
 from langlift import languages
 from langlift import params as P
 from langlift import recipes
+from langlift import report as pr_report
 from langlift.cli import run_stage
 
 
@@ -54,6 +56,15 @@ def recipe(name: str, smoke: bool, queue: bool) -> None:
     experiment, seconds = recipes.run(name, smoke=smoke, queue=queue)
     done = "queued" if queue else f"done in {seconds // 60:.0f} min {seconds % 60:02.0f} s"
     click.echo(f"experiment {experiment}: {done}; see `dvc exp show`")
+
+
+@cli.command()
+@click.option("--rev", default="main", show_default=True, help="The git revision to compare the working tree with.")
+@click.option("--out", default="reports", show_default=True, help="Folder for report.md and its PNG charts.")
+@run_stage
+def report(rev: str, out: str) -> None:
+    """Write a Markdown report (metrics, params, data counts, charts, samples) of the working tree against REV."""
+    click.echo(f"wrote {pr_report.write(rev, out)}")
 
 
 if __name__ == "__main__":

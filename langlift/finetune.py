@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from langlift import hardware, modelcard, modelref, records, resume, templates
+from langlift import generation, hardware, modelcard, modelref, records, resume, templates
 from langlift.errors import LangliftError
 from langlift.io import atomic_path, write_json, write_text
 from langlift.params import Finetune, Params
@@ -235,8 +235,8 @@ def sft_config(params: Params, settings: hardware.TrainSettings, output_dir: Pat
         bf16=settings.precision == "bf16",
         fp16=settings.precision == "fp16",
         use_cpu=settings.device == "cpu",
-        gradient_checkpointing=settings.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
+        activation_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
         dataloader_num_workers=settings.dataloader_workers,
         packing=ft.packing,
         packing_strategy="bfd",  # whole examples only; position ids restart per example
@@ -251,7 +251,7 @@ def sft_config(params: Params, settings: hardware.TrainSettings, output_dir: Pat
         save_steps=ft.checkpoint_steps,
         save_total_limit=2,
         report_to="none",
-        disable_tqdm=False,
+        disable_tqdm=not sys.stderr.isatty(),  # a log gets one line per logging step, not a bar
     )
 
 
@@ -317,7 +317,7 @@ def run_identity(params: Params, base: str, data: dict[str, Path], settings: har
         "seed": params.seed,
         "language": params.language.code,
         "hardware": {k: getattr(settings, k) for k in ("device", "precision", "attn_implementation", "padding_free")},
-        "processes": resume.processes(),
+        "processes": hardware.processes(),
         "code": resume.code_version(sys.modules[__name__], templates),
     }
 
@@ -335,20 +335,25 @@ def _complete(checkpoint: Path) -> bool:
     return (checkpoint / "trainer_state.json").exists() and (checkpoint / resume.CURVES).is_dir()
 
 
-def _resume_point(ckpt_dir: Path, identity: dict[str, Any], enabled: bool) -> str | None:
-    """The newest complete checkpoint of this same run, else None; other runs' checkpoints are removed."""
+def _resume_point(ckpt_dir: Path, identity: dict[str, Any], enabled: bool, main: bool = True) -> str | None:
+    """The newest complete checkpoint of this same run, else None; other runs' checkpoints are removed.
+
+    Only the ``main`` process removes and stamps; the other ranks of a launch call this after it and only read.
+    """
     stamp = ckpt_dir / "identity.json"
-    if ckpt_dir.exists():
+    if main and ckpt_dir.exists():
         if not enabled:
             log.warning("fresh start (finetune.resume false or --fresh): removing %s", ckpt_dir)
             shutil.rmtree(ckpt_dir)
         elif not resume.same_run(_read_json(stamp), identity, ckpt_dir):
             shutil.rmtree(ckpt_dir)
-    write_json(stamp, identity)
+    if main:
+        write_json(stamp, identity)
     found = {int(m[1]): p for p in ckpt_dir.iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
     for step, path in list(found.items()):
         if not _complete(path):  # a save cut short by the crash
-            shutil.rmtree(path)
+            if main:
+                shutil.rmtree(path)
             del found[step]
     if not found:
         return None
@@ -501,10 +506,11 @@ def prepare(params: dict[str, Any], *, base_model: str | None = None, paths: Pat
     identity = run_identity(params, base, data, settings)
     args = sft_config(params, settings, paths.checkpoints, val_ds is not None)
     with args.main_process_first(local=False, desc="choosing the checkpoint to resume"):
-        resume_from = _resume_point(paths.checkpoints, identity, ft.resume and not fresh)
+        resume_from = _resume_point(paths.checkpoints, identity, ft.resume and not fresh, args.process_index == 0)
         if resume_from is not None and args.process_index == 0:
             resume.restore_curves(Path(resume_from), paths.live)  # DVC deleted them before rerunning the stage
-    live = Live(dir=str(paths.live), resume=resume_from is not None, save_dvc_exp=False, dvcyaml=None)
+    live = (Live(dir=str(paths.live), resume=resume_from is not None, save_dvc_exp=False, dvcyaml=None)
+            if args.process_index == 0 else None)  # only the main process writes curves
     fused = use_fused_lm_head(ft, settings)
     log.info("loss: %s", "TRL's chunked fused LM head" if fused else "the model's own cross-entropy (full logits)")
     trainer = trainer_class(fused)(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
@@ -537,7 +543,8 @@ def run(params: Params, *, base_model: str | None = None, name: str | None = Non
     result = trainer.train(resume_from_checkpoint=prep.resume)
     seconds = time.perf_counter() - start
     eval_end = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
-    prep.live.end()
+    if prep.live is not None:
+        prep.live.end()
 
     epochs_done = float(result.metrics.get("epoch", params.epochs))
     first, last = _first_last_loss(trainer)
@@ -571,6 +578,7 @@ def run(params: Params, *, base_model: str | None = None, name: str | None = Non
     }
     metrics.update({f"hardware.{k}": v for k, v in prep.settings.as_metrics().items()})
     staging = paths.checkpoints / "final"
+    trainer.model.config.use_cache = True  # saved so: generation wants the KV cache (training turned it off)
     trainer.save_model(str(staging))  # on every rank: FSDP and ZeRO-3 gather the weights collectively
     if not trainer.is_world_process_zero():
         return metrics, trainer.model
@@ -578,6 +586,8 @@ def run(params: Params, *, base_model: str | None = None, name: str | None = Non
     with atomic_path(paths.model) as tmp:
         shutil.copytree(staging, tmp)
         trainer.processing_class.save_pretrained(str(tmp))
+        context = generation.context_length(trainer.model)
+        generation.save(tmp, params.generation, trainer.processing_class, context)
         (tmp / "training_args.bin").unlink(missing_ok=True)
         adapter = verify_adapter(ft, trainer.model, tmp) if declared is not None else None
         if adapter is not None:
@@ -587,6 +597,7 @@ def run(params: Params, *, base_model: str | None = None, name: str | None = Non
         merged = ft.merge and declared is not None
         if merged:
             merge_adapter(prep.base, tmp, tmp / "merged", prep.settings.dtype)
+            generation.save(tmp / "merged", params.generation, trainer.processing_class, context)
         write_json(tmp / INFO_FILE, {
             "base_model": prep.base_name,
             "base_model_fingerprint": metrics["base_model_fingerprint"],
@@ -595,6 +606,7 @@ def run(params: Params, *, base_model: str | None = None, name: str | None = Non
             "adapter_config": adapter,
             "merged": "merged" if merged else None,
             "max_seq_length": ft.max_seq_length,
+            "generation_seed": params.generation.seed,  # the chat's sampling seed
             "language": params.language.model_dump(),
         })
         write_text(tmp / "README.md", modelcard.render(
@@ -614,9 +626,24 @@ def _eval_start(trainer, kept: Path, resumed: bool) -> float | None:
     if resumed:
         return (_read_json(kept) or {}).get("eval_loss_start")
     loss = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
+    _unprepare_after_eval(trainer)
     if trainer.is_world_process_zero():
         write_json(kept, {"eval_loss_start": loss})
     return loss
+
+
+def _unprepare_after_eval(trainer) -> None:
+    """Let ``trainer.train()`` wrap the model for DDP after an ``evaluate()`` before it.
+
+    ``evaluate()`` before training prepares the model in evaluation mode (no DDP wrapper), and accelerate 1.15
+    then marks it prepared, so ``train()`` skips the wrap: every process trained alone, without averaging
+    gradients (measured: 2 processes left the 1-process curve at the first step). Nothing to undo in one process.
+    """
+    model = trainer.model
+    prepared = getattr(model, "_is_accelerate_prepared", False)
+    if trainer.args.world_size > 1 and trainer.model_wrapped is model and prepared:
+        model._is_accelerate_prepared = False
+        trainer.accelerator._models = [m for m in trainer.accelerator._models if m is not model]
 
 
 def _first_last_loss(trainer) -> tuple[float | None, float | None]:
@@ -629,28 +656,19 @@ def _train_params(params: Params) -> dict[str, Any]:
     return {"seed": params.seed, "lr": params.lr, "epochs": params.epochs, "finetune": keep}
 
 
-def merge_adapter(base: str, adapter_dir: Path, out: Path, dtype: torch.dtype) -> None:
-    """Base weights (unquantised) + adapter merged into a standalone model folder."""
+def merged_model(base: str, adapter_dir: str | Path, dtype: Any = "auto") -> Any:
+    """Base weights (unquantised) + the adapter in ``adapter_dir``, merged by peft's ``merge_and_unload``."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(str(out))
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+
+
+def merge_adapter(base: str, adapter_dir: Path, out: Path, dtype: torch.dtype) -> None:
+    """Base + adapter merged into a standalone model folder, with the adapter's tokenizer."""
+    from transformers import AutoTokenizer
+
+    merged_model(base, adapter_dir, dtype).save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
     log.info("merged the adapter into %s (%s)", out, dtype)
-
-
-# --- inference ----------------------------------------------------------------------------------------------
-
-
-def respond(model, tokenizer, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
-            streamer: Any = None) -> str:
-    """One answer to ``prompt`` through the model's chat template; tokens go to ``streamer`` as they come."""
-    enc = tokenizer.apply_chat_template(templates.prompt_messages(prompt), add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True).to(model.device)
-    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, streamer=streamer, **sampling,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)

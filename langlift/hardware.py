@@ -12,6 +12,10 @@ Threads are chosen for a shared machine: one per core that is usable (affinity m
 and not busy with other work, and OpenMP threads wait passively instead of spinning. Spin-waiting
 threads starve other processes on the same cores: two ``tiny`` trainings with 2 threads each on 2 cores
 ran at 0.09 steps/s each under torch's default OpenMP policy, 0.66 with passive waiting (1.2 alone).
+
+Several processes (``hardware.processes``, DDP): :func:`relaunch` turns the stage into its own ``accelerate
+launch``; inside a launch the processes of a machine split its cores, and on CPU the precision is not probed
+per rank (fp32 unless set). See docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,7 @@ import torch
 
 from langlift import OPENMP_POLICY_SET, TORCH_LOADED_FIRST
 from langlift.errors import LangliftError
+from langlift.params import Hardware
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ATTENTION = ("auto", "sdpa", "flash_attention_2", "eager")
 # bf16 on CPU must beat fp32 by this factor in the probe to be chosen.
 CPU_BF16_MIN_SPEEDUP = 1.2
+# what `hardware.processes` > 1 launches with when `hardware.accelerate_config` is not set, by device
+LAUNCH_CONFIGS = {"cpu": "configs/accelerate/cpu2.yaml", "cuda": "configs/accelerate/ddp.yaml"}
 
 
 @dataclass
@@ -91,6 +101,16 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def processes() -> int:
+    """Training processes of this launch (``accelerate launch`` / ``torchrun`` set ``WORLD_SIZE``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_processes() -> int:
+    """Training processes of this launch on this machine (``LOCAL_WORLD_SIZE``, set by torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def _choose_precision(device: str) -> tuple[str, str]:
     if device == "cuda":
         if torch.cuda.is_bf16_supported():
@@ -101,6 +121,8 @@ def _choose_precision(device: str) -> tuple[str, str]:
     flags = _cpu_flags()
     if not flags & {"avx512_bf16", "amx_bf16"}:
         return "fp32", "CPU has neither AVX-512-BF16 nor AMX: fp32"
+    if processes() > 1:  # each rank would time its own probe, and ranks must not disagree
+        return "fp32", f"{processes()} processes: fp32 (no per-rank bf16 probe; set hardware.precision for bf16)"
     # Interleaved best-of-three, so that load from other processes hits both dtypes alike.
     fp32 = bf16 = 0.0
     for _ in range(3):
@@ -177,9 +199,16 @@ def cpu_state(window: float = 0.25) -> CpuState:
     return CpuState(len(cpus), cgroup_quota(), round(max(0.0, busy), 2))
 
 
-def choose_threads(cpu: CpuState) -> tuple[int, str]:
-    """One thread per usable core that other work leaves free (at least one), and why."""
+def choose_threads(cpu: CpuState, processes: int = 1) -> tuple[int, str]:
+    """One thread per usable core that other work leaves free (at least one), and why.
+
+    ``processes`` training processes on this machine (a DDP launch) share the usable cores evenly; their
+    load on each other is not "other work", so the measured load is left out then.
+    """
     usable = cpu.cores if cpu.quota is None else max(1, min(cpu.cores, math.floor(cpu.quota)))
+    if processes > 1:
+        threads = max(1, usable // processes)
+        return threads, f"{threads} of {usable} cores, shared by {processes} training processes"
     free = min(usable, cpu.cores - cpu.busy)
     threads = max(1, math.floor(free + 0.5))
     quota = f" (cgroup quota {cpu.quota:g} of {cpu.cores} CPUs)" if usable < cpu.cores else ""
@@ -300,7 +329,7 @@ def choose(overrides: dict[str, Any] | None = None, needed_memory_bytes: int | N
         reasons["num_threads"] = f"set in params, OpenMP {policy}"
     else:
         cpu = cpu_state()
-        threads, why = choose_threads(cpu)
+        threads, why = choose_threads(cpu, local_processes())
         busy, reasons["num_threads"] = cpu.busy, f"{why}, OpenMP {policy}"
     reasons["cpu_busy"] = "cores' worth of other work when the threads were chosen"
 
@@ -334,3 +363,49 @@ def apply(settings: TrainSettings) -> None:
     torch.set_num_threads(settings.num_threads)
     for key, value in settings.as_metrics().items():
         log.info("hardware: %s = %s (%s)", key, value, settings.reasons.get(key, ""))
+
+
+def launch_command(hw: Hardware, script: str, args: Sequence[str]) -> list[str] | None:
+    """The ``accelerate launch`` command running ``script args`` in ``hardware.processes`` processes (DDP),
+    or None when this process trains itself (one process asked for, or already one of a launch).
+
+    The config is ``hardware.accelerate_config``, else DDP for the device (``LAUNCH_CONFIGS``); the process
+    count, one machine, a free port and ``--mixed_precision no`` are passed explicitly (precision is
+    params' ``hardware.precision``, applied inside the stage), so a user's default accelerate config is
+    never read.
+    """
+    if hw.processes == 1 or "WORLD_SIZE" in os.environ:
+        return None
+    device = hw.device if hw.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in LAUNCH_CONFIGS:
+        raise LangliftError(f"params.yaml: hardware.processes {hw.processes} needs device cpu or cuda, not {device}")
+    config = hw.accelerate_config or LAUNCH_CONFIGS[device]
+    if not Path(config).is_file():
+        raise LangliftError(f"params.yaml: hardware.accelerate_config: {config} not found (relative paths are "
+                            "from the repository root, where the stages run)")
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
+            "--num_processes", str(hw.processes), "--num_machines", "1", "--main_process_port", "0",
+            "--mixed_precision", "no", script, *args]
+
+
+def relaunch(hw: Hardware, script: str, args: Sequence[str]) -> None:
+    """Replace this process by the launch of :func:`launch_command` when params ask for several processes.
+
+    The process id stays the same, so ``dvc repro`` / ``dvc exp run`` wait for the launch and record
+    its outputs as those of the stage. Returns (doing nothing) when this process should train itself.
+    """
+    cmd = launch_command(hw, script, args)
+    if cmd is None:
+        return
+    log.info("hardware.processes = %d: %s", hw.processes, shlex.join(cmd))
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)
+
+
+def quiet_other_ranks() -> None:
+    """In a launch's processes other than rank 0, langlift logs warnings and errors only (one copy of each line)."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        logging.getLogger("langlift").setLevel(logging.WARNING)

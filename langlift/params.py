@@ -149,7 +149,6 @@ class Api(Client):
     max_requests: PositiveInt | None = None
     max_tokens: PositiveInt | None = None
     temperature: Annotated[float, Field(ge=0.0)] = 0.0
-    response_cache: str | None = ".cache/translate/api_responses"  # null: no on-disk reply cache
     backoff: PositiveFloat = 1.0  # seconds before the first retry, doubled on each next one
 
 
@@ -180,6 +179,14 @@ class GenerateClient(Client):
 class Budget(Section):
     max_requests: PositiveInt = 300
     max_tokens: PositiveInt = 2_000_000
+
+
+class JudgeClient(Client):
+    concurrency: PositiveInt = 4
+
+
+class JudgeBudget(Budget):
+    max_requests: PositiveInt = 1000
 
 
 class Prices(Section):
@@ -335,10 +342,10 @@ class Pretrain(Section):
     tokenizer: TokenizerParams = TokenizerParams()
     model: ModelShape = ModelShape()
     chat: ChatMarkers = ChatMarkers(user="### Instruction:", assistant="### Response:")  # the language's, see LanguageFile
-    steps: PositiveInt = 150
-    batch_size: PositiveInt = 16
+    steps: PositiveInt = 300
+    batch_size: PositiveInt = 8
     grad_accum: PositiveInt = 1
-    lr: PositiveFloat = 3.0e-3
+    lr: PositiveFloat = 6.0e-3
     min_lr_ratio: Probability = 0.1
     warmup_steps: NonNegInt = 20
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.1
@@ -360,6 +367,8 @@ class Hardware(Section):
     num_threads: Auto | PositiveInt = "auto"
     dataloader_workers: Auto | NonNegInt = "auto"
     padding_free: Auto | bool = "auto"
+    processes: PositiveInt = 1
+    accelerate_config: str | None = None
 
 
 # ------------------------------------------------------------------ finetune, evaluate
@@ -424,6 +433,58 @@ class MinExamples(Section):
     sib200: NonNegInt = 100       # SIB-200 test sentences: accuracy
 
 
+class JudgePrompts(Section):
+    """The judge's prompts; ``{name}`` is the language's name, ``{rubric}`` ``evaluate.judge.rubric``."""
+
+    pairwise: str = ("You are judging two assistants' answers to a user's request written in {name}.\n{rubric}\n"
+                     "Compare the answers on these criteria; do not let their order, length or the assistants' "
+                     "names sway you. Explain briefly, then end with exactly one line: 'Verdict: A', "
+                     "'Verdict: B' or 'Verdict: tie'.\n\n[Question]\n{question}\n[End of Question]\n\n"
+                     "[Answer A]\n{answer_a}\n[End of Answer A]\n\n[Answer B]\n{answer_b}\n[End of Answer B]")
+    score: str = ("You are judging an assistant's answer to a user's request written in {name}.\n{rubric}\n"
+                  "Rate the answer from 1 (useless) to 10 (excellent) on these criteria. Explain briefly, "
+                  "then end with exactly one line: 'Score: N'.\n\n[Question]\n{question}\n"
+                  "[End of Question]\n\n[Answer]\n{answer}\n[End of Answer]")
+    reference: str = ("Answer the following request in {name}, well and concisely, as an expert native speaker "
+                      "would. Reply with the answer only.\n\n{question}")
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> JudgePrompts:
+        needs = {"pairwise": ("{question}", "{answer_a}", "{answer_b}"), "score": ("{question}", "{answer}"),
+                 "reference": ("{question}",)}
+        for key, names in needs.items():
+            missing = [n for n in names if n not in getattr(self, key)]
+            if missing:
+                raise ValueError(f"{key}: the prompt must contain {', '.join(missing)}")
+        return self
+
+
+class Judge(Section):
+    """An LLM judge through an OpenAI-compatible endpoint (docs/judge.md); off by default."""
+
+    enabled: bool = False
+    base_url: str = ""
+    model: str = "gpt-4o"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    sets: list[Literal["prompts", "instructions"]] = ["prompts", "instructions"]
+    modes: list[Literal["pairwise", "score", "reference"]] = ["pairwise", "score", "reference"]
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
+    max_tokens: PositiveInt = 512
+    cache_dir: str = ".cache/judge"
+    client: JudgeClient = JudgeClient()
+    budget: JudgeBudget = JudgeBudget()
+    rubric: str = ("Criteria: (1) fluency: natural, grammatical {name}; (2) correctness of the content; "
+                   "(3) it does what the request asks; (4) it is written in {name}, in the {script} script "
+                   "(an answer in another language or script is a bad answer).")
+    prompts: JudgePrompts = JudgePrompts()
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> Judge:
+        if self.enabled and not self.base_url:
+            raise ValueError("enabled is true but base_url is empty: set it to an OpenAI-compatible endpoint")
+        return self
+
+
 class Evaluate(Section):
     finetuned: str = "models/finetuned"
     corpus: str = "data/split/corpus_val.jsonl"
@@ -443,6 +504,23 @@ class Evaluate(Section):
     sib200_shots: NonNegInt = 0
     max_sib200: PositiveInt = 204
     min_examples: MinExamples = MinExamples()
+    judge: Judge = Judge()
+
+
+# ------------------------------------------------------------------ generation
+
+class Generation(Section):
+    """How the models answer (chat, evaluate's samples, exports): written into each saved model's
+    ``generation_config.json`` by pretrain and finetune (:mod:`langlift.generation`)."""
+
+    do_sample: bool = True                                         # false: greedy (temperature, top_p, top_k unused)
+    temperature: PositiveFloat = 0.7                               # AzLlama's app: 0.9 (docs/chat.md: measured)
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    top_k: NonNegInt = 50                                          # 0: no top-k cut
+    repetition_penalty: Annotated[float, Field(ge=1.0)] = 1.2     # 1: none
+    no_repeat_ngram_size: NonNegInt = 4                            # n: no n-gram twice (no token n+1 times in a row); 0: off
+    max_new_tokens: PositiveInt = 256                              # capped by the context minus the prompt
+    seed: NonNegInt = 1234                                         # sampling seed of the chat and evaluate's samples
 
 
 # ------------------------------------------------------------------ language
@@ -488,6 +566,7 @@ class LanguageFile(Language):
     chat: ChatMarkers
     blocked_keywords: list[str] = Field(default_factory=list)
     refusals: list[str] = Field(default_factory=list)
+    generation: Generation = Generation()  # only the keys written here override params' generation
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -497,7 +576,7 @@ class Params(Section):
     """The whole of ``params.yaml``."""
 
     seed: NonNegInt = 1234
-    lr: PositiveFloat = 2.0e-4
+    lr: PositiveFloat = 3.0e-3
     epochs: PositiveFloat = 3
     base_model: str = "models/base"
     language: Language
@@ -510,6 +589,7 @@ class Params(Section):
     hardware: Hardware = Hardware()
     finetune: Finetune = Finetune()
     evaluate: Evaluate = Evaluate()
+    generation: Generation = Generation()
 
 
 # ------------------------------------------------------------------ loading and errors
@@ -620,9 +700,11 @@ def with_language(raw: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]
         "finetune": {"templates": {lang.code: lang.template.model_dump()}},
         "generate": {"filters": {"blocked_keywords": {lang.code: lang.blocked_keywords},
                                  "refusals": {lang.code: lang.refusals}}},
+        "generation": lang.generation.model_dump(exclude_unset=True),
     }, lang.params)
     own = {k: v for k, v in raw.items() if k != "language"}
-    for key in sorted(_leaves(lang.params) & _leaves(own)):
+    overrides = _leaves({**lang.params, "generation": lang.generation.model_dump(exclude_unset=True)})
+    for key in sorted(overrides & _leaves(own)):
         log.warning("%s sets %s, and params.yaml sets it too: params.yaml wins", where, key)
     merged = _deep_merge(layer, own)
     fetch = merged.setdefault("fetch", {})

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from langlift import hardware, modelref, packing, resume
+from langlift import generation, hardware, modelref, packing, resume
 from langlift import model as llm
 from langlift import tokenizer as tk
 from langlift.errors import LangliftError
@@ -117,10 +118,11 @@ class Data:
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, model: torch.nn.Module, val: torch.Tensor, batch_size: int,
              max_batches: int) -> float:
-    """Mean next-token loss over the first ``max_batches`` validation batches, shared across ranks."""
+    """Mean next-token loss over the first ``max_batches`` global validation batches (``batch_size`` rows per
+    rank), shared across ranks: N processes x batch b score the same rows as 1 process x batch N*b."""
     model.eval()
     total = torch.zeros(2, device=accelerator.device)
-    rows = val[: batch_size * max_batches]
+    rows = val[: batch_size * accelerator.num_processes * max_batches]
     for i in range(accelerator.process_index * batch_size, len(rows), batch_size * accelerator.num_processes):
         x = rows[i : i + batch_size].to(accelerator.device, non_blocking=True)
         with accelerator.autocast():
@@ -219,7 +221,7 @@ def train(
             loss_sum.zero_()
             since_log = 0
             record(done, **{"train/loss": train_loss, "train/lr": lr})
-            bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", refresh=False)  # redrawn at the bar's own pace
         if done % cfg.eval_every == 0 or done == cfg.steps or (checkpoints and done % cfg.checkpoint_every == 0):
             _sync(accelerator)
             if timed_from is not None:
@@ -278,7 +280,7 @@ def run_identity(p: Pretrain, seed: int, arch: dict[str, Any] | None, paths: Pat
         "seed": seed,
         "data": resume.data_hashes({"train": paths.train, "val": paths.val}),
         "precision": precision,
-        "processes": resume.processes(),
+        "processes": hardware.processes(),
         "code": resume.code_version(sys.modules[__name__], llm, tk, packing),
     }
 
@@ -302,6 +304,7 @@ def run(params: Params, paths: Paths = Paths(), fresh: bool = False) -> dict[str
     else:
         log.info("continued pretraining of %s", init)
     probe = hardware.choose(params.hardware.model_dump())  # device/precision before sizing memory
+    state = PartialState(cpu=probe.device == "cpu")  # joins the other processes of a launch (DDP), if any
     ckpt_root = Path(p.checkpoint_dir)
     checkpoints = Checkpoints(ckpt_root, p.keep_checkpoints, run_identity(p, seed, arch, paths, probe.precision),
                               paths.live)
@@ -310,8 +313,8 @@ def run(params: Params, paths: Paths = Paths(), fresh: bool = False) -> dict[str
     found = None if fresh else checkpoints.resumable()
     latest = found[0] if found else None
 
-    # the tokenizer: from the checkpoint on resume, else trained / extended (deterministic: every rank
-    # trains the same one, rank 0 saves it beside the checkpoints)
+    # the tokenizer: from the checkpoint on resume, else trained / extended by the main process and sent to the
+    # others (all ranks must tokenize alike); the main process saves it beside the checkpoints
     tok_dir = ckpt_root / "tokenizer"
     old_tok, added = None, []
     if init:
@@ -324,7 +327,8 @@ def run(params: Params, paths: Paths = Paths(), fresh: bool = False) -> dict[str
         if old_tok is not None and len(tokenizer) > len(old_tok):
             added = tokenizer.convert_ids_to_tokens(list(range(len(old_tok), len(tokenizer))))
     else:
-        tokenizer, added = _tokenizer(p, arch, train_texts, old_tok)
+        made = [_tokenizer(p, arch, train_texts, old_tok) if state.is_main_process else None]
+        tokenizer, added = broadcast_object_list(made)[0]
     context = int(arch["context"]) if arch else p.model.context or 2048
     tokenizer = tk.finalize(tokenizer, template, context)
     if arch:
@@ -362,12 +366,13 @@ def run(params: Params, paths: Paths = Paths(), fresh: bool = False) -> dict[str
     settings = hardware.choose(params.hardware.model_dump(), need)
     hardware.apply(settings)
     if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
 
     accelerator = Accelerator(
         mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(settings.precision, "no"),
         gradient_accumulation_steps=p.grad_accum, cpu=settings.device == "cpu",
     )
+    accelerator.wait_for_everyone()  # every rank has chosen its checkpoint before the main process removes any
     if latest is None and accelerator.is_main_process:
         shutil.rmtree(ckpt_root, ignore_errors=True)
         tokenizer.save_pretrained(tok_dir)
@@ -402,6 +407,7 @@ def run(params: Params, paths: Paths = Paths(), fresh: bool = False) -> dict[str
         with atomic_path(paths.model) as tmp:
             final.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
+            generation.save(tmp, params.generation, tokenizer, generation.context_length(final))
         fpt = llm.flops_per_token(final, context)
         peak = hardware.matmul_gflops(settings.dtype, settings.device, size=4096 if settings.device == "cuda" else 1024,
                                       seconds=0.5)

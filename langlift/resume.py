@@ -41,11 +41,6 @@ def data_hashes(files: dict[str, Path]) -> dict[str, str]:
     return {role: modelref.hash_path(path) for role, path in files.items()}
 
 
-def processes() -> int:
-    """Training processes of this launch (``accelerate launch`` / ``torchrun`` set ``WORLD_SIZE``)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
     """``key: checkpoint X, now Y`` for every value of ``current`` that ``saved`` does not share."""
     out = []

@@ -4,7 +4,7 @@
 flattening structure: newlines, numbered lists, bullets, indentation and fenced code blocks survive.
 The measures (:func:`char_repetition`, :func:`word_repetition`, :func:`special_ratio`) follow the
 BigScience ROOTS filters that AzLlama-style corpus cleaning uses; they are plain functions so the
-datatrove cluster pipeline (``configs/datatrove_corpus.py``) reuses them unchanged.
+datatrove pipeline (:mod:`langlift.dedupe.datatrove`) reuses them unchanged.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@ classification and speed.
 
 Writes metrics/evaluate.json (flat keys: base.*, finetuned.*, delta.*, and n.* / reliable.* per set),
 metrics/evaluate_details.json (sacrebleu signatures, models, counts), metrics/evaluate_outputs/ (every
-scored example, line-aligned for sacrebleu), metrics/evaluate_plots/ and metrics/samples.md; with
-``--entry NAME``, the same for one ``finetune.matrix`` entry under metrics/matrix/NAME_*.
+scored example, line-aligned for sacrebleu, and each model's answers to the review prompts in
+<model>/review.jsonl), metrics/evaluate_plots/ and metrics/samples.md; with ``evaluate.judge.enabled``, an LLM
+judge's judge.* metrics and metrics/evaluate_outputs/judge/ (docs/judge.md); with ``--entry NAME``, the same
+for one ``finetune.matrix`` entry under metrics/matrix/NAME_*.
 """
 
 from __future__ import annotations

@@ -1,16 +1,20 @@
 """finetune: supervised fine-tuning of a base model on the split instructions (full, LoRA, QLoRA, 8-bit).
 
 `python stages/finetune.py` trains params' base_model into models/finetuned/; a matrix entry
-(`--name N --base-model M`) trains into models/matrix/N/ with metrics/matrix/N.json. Multi-GPU:
-`accelerate launch --config_file configs/accelerate/<ddp|fsdp|deepspeed>.yaml stages/finetune.py`.
+(`--name N --base-model M`) trains into models/matrix/N/ with metrics/matrix/N.json. With
+`hardware.processes: N` (N > 1) the script reruns itself under `accelerate launch` with N processes (DDP, see
+docs/scaling.md); by hand: `accelerate launch --config_file configs/accelerate/<ddp|fsdp|deepspeed_zero2>.yaml
+stages/finetune.py`.
 An interrupted run resumes from its newest checkpoint when rerun (`dvc repro`); `--fresh` starts over.
 """
 
 from __future__ import annotations
 
+import sys
+
 import click
 
-from langlift import finetune as F
+from langlift import hardware
 from langlift import params as P
 from langlift.cli import run_stage
 
@@ -24,7 +28,12 @@ from langlift.cli import run_stage
 @run_stage
 def main(params_path: str, name: str | None, base_model: str | None, fresh: bool) -> None:
     """Fine-tune the base model on data/split/{train,val}.jsonl."""
-    F.run(P.load(params_path), base_model=base_model, name=name, fresh=fresh)
+    params = P.load(params_path)
+    hardware.relaunch(params.hardware, __file__, sys.argv[1:])
+    hardware.quiet_other_ranks()
+    from langlift import finetune as F  # after the relaunch: the launcher process needs no transformers
+
+    F.run(params, base_model=base_model, name=name, fresh=fresh)
 
 
 if __name__ == "__main__":

@@ -3,16 +3,20 @@ pretraining ``pretrain.init``) and write ``models/base/`` plus ``metrics/pretrai
 
     python stages/pretrain.py                      # what `dvc repro pretrain` runs; resumes an interrupted run
     python stages/pretrain.py --fresh              # start from step 0 even if a checkpoint of this run exists
-    accelerate launch --config_file configs/accelerate/ddp.yaml stages/pretrain.py
+
+With ``hardware.processes: N`` (N > 1) the script reruns itself under ``accelerate launch`` with N processes
+(DDP; see docs/scaling.md); by hand: ``accelerate launch --config_file configs/accelerate/ddp.yaml stages/pretrain.py``.
 """
 
 from __future__ import annotations
 
+import sys
+
 import click
 
+from langlift import hardware
 from langlift import params as P
 from langlift.cli import run_stage
-from langlift.pretrain import run
 
 
 @click.command()
@@ -22,7 +26,12 @@ from langlift.pretrain import run
 @run_stage
 def main(params_path: str, fresh: bool) -> None:
     """Pretrain (or continue pretraining) the base model."""
-    run(P.load(params_path), fresh=fresh)
+    params = P.load(params_path)
+    hardware.relaunch(params.hardware, __file__, sys.argv[1:])
+    hardware.quiet_other_ranks()
+    from langlift.pretrain import run  # after the relaunch: the launcher process needs no transformers
+
+    run(params, fresh=fresh)
 
 
 if __name__ == "__main__":

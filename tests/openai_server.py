@@ -12,12 +12,13 @@
 
 A handler may return a :class:`Reply` (any status, headers, raw body, a delay before answering),
 a dict (sent as the JSON body with status 200) or a str (wrapped by :func:`chat_response`).
-Each request's JSON body and headers are recorded in ``server.requests`` / ``server.headers``.
+Each request's JSON body and headers (names in Title-Case) are recorded in ``server.requests`` / ``server.headers``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -78,7 +79,7 @@ class OpenAIServer:
                 with server._lock:
                     n = len(server.requests)
                     server.requests.append(body)
-                    server.headers.append(dict(self.headers))
+                    server.headers.append({k.title(): v for k, v in self.headers.items()})  # names are case-insensitive
                 try:
                     reply = server.handler(body, n)
                 except Exception as e:  # a broken test handler answers 500 rather than hanging the client
@@ -135,3 +136,45 @@ class OpenAIServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FakeJudge:
+    """A handler that plays an LLM judge deterministically, reading the answers out of langlift's judge prompts.
+
+    ``pairwise(answer_a, answer_b)`` and ``score(answer)`` return the reply text; ``reference(question)`` the
+    reference answer. The defaults prefer an answer containing ``GOOD`` (a tie when both or neither do),
+    score it 9 (else 3), and answer ``reference: <question>``. Every request is kept in ``seen`` by kind.
+    """
+
+    def __init__(self, pairwise: Callable[[str, str], str] | None = None, score: Callable[[str], str] | None = None,
+                 reference: Callable[[str], str] | None = None):
+        self.pairwise = pairwise or self.prefer_good
+        self.score = score or (lambda answer: f"Clear enough.\nScore: {9 if 'GOOD' in answer else 3}")
+        self.reference = reference or (lambda question: f"reference: {question}")
+        self.seen: dict[str, list[dict[str, str]]] = {"pairwise": [], "score": [], "reference": []}
+
+    @staticmethod
+    def prefer_good(a: str, b: str) -> str:
+        verdict = "tie" if ("GOOD" in a) == ("GOOD" in b) else "A" if "GOOD" in a else "B"
+        return f"Both answer the question; one is better.\nVerdict: {verdict}"
+
+    @staticmethod
+    def _between(text: str, start: str, end: str) -> str | None:
+        found = re.search(re.escape(start) + r"\n(.*?)\n" + re.escape(end), text, re.DOTALL)
+        return found[1] if found else None
+
+    def __call__(self, body: dict, n: int) -> Reply | dict | str:
+        prompt = body["messages"][-1]["content"]
+        question = self._between(prompt, "[Question]", "[End of Question]")
+        a = self._between(prompt, "[Answer A]", "[End of Answer A]")
+        b = self._between(prompt, "[Answer B]", "[End of Answer B]")
+        if a is not None and b is not None:
+            self.seen["pairwise"].append({"question": question, "a": a, "b": b})
+            return self.pairwise(a, b)
+        answer = self._between(prompt, "[Answer]", "[End of Answer]")
+        if answer is not None:
+            self.seen["score"].append({"question": question, "answer": answer})
+            return self.score(answer)
+        question = prompt.rsplit("\n\n", 1)[-1]
+        self.seen["reference"].append({"question": question})
+        return self.reference(question)

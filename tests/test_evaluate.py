@@ -179,7 +179,7 @@ def test_stage_end_to_end(tmp_path, monkeypatch, caplog, talkative_dirs):
     metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     names = ["ppl", "word_ppl", "byte_ppl", "bits_per_byte", "bleu_en_az", "chrf_en_az", "bleu_az_en",
              "chrf_az_en", "instr_em", "instr_f1", "instr_chrf", "sib200_acc", "gen_tokens_per_s", "ttft_s",
-             "peak_mem_mb"]
+             "max_token_run", "peak_mem_mb"]
     sizes = {"n.perplexity": 8, "n.translation": 6, "n.instructions": 6, "n.sib200": 10,
              "reliable.perplexity": 1, "reliable.translation": 0, "reliable.instructions": 1, "reliable.sib200": 1}
     assert sorted(metrics) == sorted([f"{m}.{n}" for m in ("base", "finetuned", "delta") for n in names] + list(sizes))
@@ -204,9 +204,9 @@ def test_stage_end_to_end(tmp_path, monkeypatch, caplog, talkative_dirs):
     assert sorted(p.name for p in outputs.iterdir()) == ["base", "finetuned"]
     for m in ("base", "finetuned"):
         folder = outputs / m
-        assert sorted(p.name for p in folder.iterdir()) == sorted(
-            f"{t}.{s}" for t in ("translate_en_az", "translate_az_en", "instructions", "sib200")
-            for s in ("hyp.txt", "ref.txt", "ids.txt", "jsonl"))
+        assert sorted(p.name for p in folder.iterdir()) == sorted([
+            *(f"{t}.{s}" for t in ("translate_en_az", "translate_az_en", "instructions", "sib200")
+              for s in ("hyp.txt", "ref.txt", "ids.txt", "jsonl")), "review.jsonl"])  # + answers to the review prompts
         for direction, ref in (("en_az", "tgt"), ("az_en", "src")):
             task = f"translate_{direction}"
             assert _lines(folder / f"{task}.ids.txt") == [p["id"] for p in pairs]

@@ -74,8 +74,9 @@ def test_a_very_long_retry_after_stops_instead_of_sleeping():
 
 
 def test_retries_5xx_malformed_json_and_timeouts():
-    faults = [Reply(status=500), Reply(status=503), Reply(body="{not json"), Reply(body={"choices": []}),
-              Reply(delay=1.0, body=chat_response("too late"))]
+    # the timeout first: with no reply to carry langlift's backoff, the openai client waits its own (0.5 s, doubling)
+    faults = [Reply(delay=1.0, body=chat_response("too late")), Reply(status=500), Reply(status=503),
+              Reply(body="{not json"), Reply(body={"choices": []})]
     with OpenAIServer(lambda body, n: faults[n] if n < len(faults) else "finally") as srv:
         c = client(srv, timeout=0.3, max_retries=5)
         assert c.complete(MSG).text == "finally"
@@ -172,3 +173,31 @@ def test_rate_limit_spaces_requests():
         start = time.monotonic()
         list(c.complete_many([([{"role": "user", "content": str(i)}], {}) for i in range(6)]))
         assert time.monotonic() - start >= 0.25  # first request free, then 5 more at 50 ms each
+
+
+def test_only_the_named_variable_is_read_for_the_key(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-this-one")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-not-this-one")
+    monkeypatch.delenv("LANGLIFT_TEST_KEY", raising=False)
+    with OpenAIServer(echo) as srv:
+        client(srv, api_key_env="LANGLIFT_TEST_KEY").complete(MSG)
+        client(srv, api_key_env=None).complete([{"role": "user", "content": "again"}])
+    assert all("Authorization" not in h and "Openai-Organization" not in h for h in srv.headers)
+
+
+def test_a_retry_after_pauses_the_other_workers_too():
+    sent: dict[str, float] = {}
+
+    def handler(body, n):
+        q = body["messages"][0]["content"]
+        if q not in sent:
+            sent[q] = time.monotonic()
+            if q == "q0":
+                return Reply(status=429, headers={"Retry-After": "1"})
+        return Reply(delay=0.5, body=chat_response(q)) if q == "q1" else echo(body, n)
+
+    with OpenAIServer(handler) as srv:
+        c = client(srv, concurrency=2)  # q0 and q1 in flight together, then q2 and q3 wait for a free worker
+        results = dict(c.complete_many((([{"role": "user", "content": f"q{i}"}], {}) for i in range(4))))
+    assert len(results) == 4 and srv.count == 5
+    assert min(sent["q2"], sent["q3"]) - sent["q0"] >= 0.95  # the other worker waited out q0's Retry-After

@@ -19,7 +19,7 @@ from langlift.params import Params
 DOCS = REPO / "docs"
 README = REPO / "README.md"
 PLACEHOLDER = "<code>"  # how docs/params.md spells "any key" of a mapping whose values are sections
-README_MAX_BYTES = 12_500
+README_MAX_BYTES = 15_000
 
 
 def _arms(annotation: object) -> tuple[object, ...]:

@@ -242,7 +242,7 @@ def test_a_recipe_refuses_params_an_earlier_experiment_left(workspace):
     params = workspace / "params.yaml"
     before = params.read_text(encoding="utf-8")
     try:
-        params.write_text(before.replace("lr: 2.0e-4", "lr: 1.0e-4"), encoding="utf-8")
+        params.write_text(before.replace("\nlr: ", "\nlr: 1.0e-4  # was ", 1), encoding="utf-8")
         out = recipe(workspace, "kin-rw", "--smoke")
         assert out.returncode == 1 and "params.yaml differs from the last commit" in out.stderr
         assert not (workspace / "models/local/kin-rw-llama").exists(), "nothing is built before the checks"

@@ -168,7 +168,7 @@ def test_interrupted_and_killed_runs_resume_without_repeating_finished_segments(
 
     with OpenAIServer(handler) as server:
         workspace(tmp_path, records, backend="api", cache=".cache/translate/segments.sqlite",
-                  api={"base_url": server.url, "concurrency": 2, "response_cache": None},
+                  api={"base_url": server.url, "concurrency": 2},
                   quality={"min_lang_score": 0, "action": "keep"})
         assert start_and_stop(signal.SIGINT, 30) == 130  # Ctrl-C: clean exit, finished chunks kept
         assert start_and_stop(signal.SIGKILL, 30) == -signal.SIGKILL

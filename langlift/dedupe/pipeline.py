@@ -1,7 +1,8 @@
 """The dedupe stage: normalise, filter, deduplicate and decontaminate instructions and corpus.
 
 Instructions: normalise -> exact dedupe -> MinHash LSH near-dedupe -> decontaminate, per language.
-Corpus: normalise -> quality filters -> exact dedupe -> near-dedupe -> decontaminate.
+Corpus: normalise -> quality filters -> exact dedupe -> near-dedupe -> decontaminate (in this process, or on
+datatrove's executors with the same result: :mod:`langlift.dedupe.datatrove`).
 Every removal is counted by reason in the metrics; the first ``removed_sample`` records of each
 reason go to ``removed.jsonl`` with the reason and its details (``duplicate_of``, ``value``, ...).
 """
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import csv
 import glob
+import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -26,8 +28,11 @@ from langlift.dedupe.steps import (
     Step, chain,
 )
 from langlift.errors import DataError, LangliftError
-from langlift.io import read_jsonl, write_json, write_jsonl
+from langlift.io import load_jsonl, read_jsonl, write_json, write_jsonl
 from langlift.params import Dedupe, EvalSet, Language
+
+if TYPE_CHECKING:
+    from langlift.dedupe.datatrove import Options
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +45,9 @@ class Outputs:
     metrics: Path = Path("metrics/data.json")
 
 
-def check_inputs(cfg: Dedupe) -> None:
-    """Fail before any work when an input file is missing."""
-    for kind in (INSTRUCTIONS, CORPUS):
+def check_inputs(cfg: Dedupe, kinds: tuple[Kind, ...] = (INSTRUCTIONS, CORPUS)) -> None:
+    """Fail before any work when an input file of ``kinds`` is missing."""
+    for kind in kinds:
         for path in map(Path, getattr(cfg.inputs, kind.name)):
             if not path.exists():
                 raise LangliftError(
@@ -117,41 +122,64 @@ def build_steps(kind: Kind, cfg: Dedupe, language: Language, evals: dict[str, li
     return steps
 
 
-def run(cfg: Dedupe, language: Language, out: Outputs = Outputs()) -> dict[str, Any]:
-    """Clean both datasets, write the outputs atomically and return the flat metrics."""
+def clean(kind: Kind, cfg: Dedupe, language: Language, evals: dict[str, list[str]],
+          target: Path) -> tuple[dict[str, Any], list[Record]]:
+    """Clean one dataset in this process: write ``target``; return its metrics and removed sample."""
+    steps = build_steps(kind, cfg, language, evals)
+    collector = Collector(kind.name, [r for s in steps for r in s.reasons], cfg.removed_sample)
+    seen, kept_langs = 0, Counter()
+
+    def source() -> Iterator[Record]:
+        nonlocal seen
+        for rec in read_records(getattr(cfg.inputs, kind.name), kind):
+            seen += 1
+            yield rec
+
+    def kept(recs: Iterator[Record]) -> Iterator[Record]:
+        for rec in recs:
+            kept_langs[rec["lang"]] += 1
+            yield rec
+
+    bar = tqdm(chain(source(), steps, collector), desc=f"dedupe {kind.name}", unit=" kept", mininterval=2)
+    n_kept = write_jsonl(target, kept(bar))
+    bar.close()
+    assert seen == n_kept + sum(collector.counts.values()), "every record is either kept or removed once"
+    metrics = {f"{kind.name}.in": seen, f"{kind.name}.kept": n_kept,
+               **{f"{kind.name}.removed.{r}": n for r, n in collector.counts.items()},
+               **{f"{kind.name}.kept_{code}": n for code, n in sorted(kept_langs.items())}}
+    order = {r: i for i, r in enumerate(collector.counts)}  # grouped by reason: the same for any `workers`
+    return metrics, sorted(collector.samples, key=lambda r: order[r["reason"]])
+
+
+def clean_on_datatrove(cfg: Dedupe, language: Language, target: Path,
+                       opts: Options) -> tuple[dict[str, Any], list[Record]]:
+    """The corpus on datatrove's local executor (:mod:`langlift.dedupe.datatrove`): the same result."""
+    from langlift.dedupe import datatrove  # datatrove only when asked for
+
+    scratch = Path(opts.work)
+    targets = datatrove.Targets(str(target), str(scratch / "removed.jsonl"), str(scratch / "data.json"))
+    datatrove.run_corpus(cfg, language, opts, targets)
+    return json.loads(Path(targets.metrics).read_text(encoding="utf-8")), load_jsonl(targets.removed)
+
+
+def run(cfg: Dedupe, language: Language, out: Outputs = Outputs(), datatrove: Options | None = None) -> dict[str, Any]:
+    """Clean both datasets (the corpus on datatrove when ``datatrove`` is given), write the outputs
+    atomically and return the flat metrics."""
     check_inputs(cfg)
     evals = eval_texts(cfg.decontaminate.eval_sets)
     metrics: dict[str, Any] = {}
     removed: list[Record] = []
     for kind, target in ((INSTRUCTIONS, out.instructions), (CORPUS, out.corpus)):
-        steps = build_steps(kind, cfg, language, evals)
-        collector = Collector(kind.name, [r for s in steps for r in s.reasons], cfg.removed_sample)
-        seen, kept_langs = 0, Counter()
-
-        def source() -> Iterator[Record]:
-            nonlocal seen
-            for rec in read_records(getattr(cfg.inputs, kind.name), kind):
-                seen += 1
-                yield rec
-
-        def kept(recs: Iterator[Record]) -> Iterator[Record]:
-            for rec in recs:
-                kept_langs[rec["lang"]] += 1
-                yield rec
-
         start = time.perf_counter()
-        bar = tqdm(chain(source(), steps, collector), desc=f"dedupe {kind.name}", unit=" kept", mininterval=2)
-        n_kept = write_jsonl(target, kept(bar))
-        bar.close()
-        assert seen == n_kept + sum(collector.counts.values()), "every record is either kept or removed once"
-        metrics[f"{kind.name}.in"] = seen
-        metrics[f"{kind.name}.kept"] = n_kept
-        metrics.update({f"{kind.name}.removed.{r}": n for r, n in collector.counts.items()})
-        metrics.update({f"{kind.name}.kept_{code}": n for code, n in sorted(kept_langs.items())})
-        order = {r: i for i, r in enumerate(collector.counts)}  # grouped by reason: the same for any `workers`
-        removed += sorted(collector.samples, key=lambda r: order[r["reason"]])
-        log.info("%s: kept %d of %d in %.1fs; removed %s", kind.name, n_kept, seen, time.perf_counter() - start,
-                 {r: n for r, n in collector.counts.items() if n} or "none")
+        if kind is CORPUS and datatrove is not None:
+            m, samples = clean_on_datatrove(cfg, language, target, datatrove)
+        else:
+            m, samples = clean(kind, cfg, language, evals, target)
+        metrics.update(m)
+        removed += samples
+        counts = {k.rsplit(".", 1)[1]: n for k, n in m.items() if k.startswith(f"{kind.name}.removed.") and n}
+        log.info("%s: kept %d of %d in %.1fs; removed %s", kind.name, m[f"{kind.name}.kept"], m[f"{kind.name}.in"],
+                 time.perf_counter() - start, counts or "none")
     write_jsonl(out.removed, removed)
     write_json(out.metrics, metrics)
     return metrics

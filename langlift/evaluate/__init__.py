@@ -7,5 +7,6 @@
 - :mod:`~langlift.evaluate.timing`: tokens/s, time to first token, peak memory
 - :mod:`~langlift.evaluate.report`: flat metrics with deltas and set sizes, every scored example, plots,
   the samples report
+- :mod:`~langlift.evaluate.judge`: an LLM judge (pairwise, rubric scores, reference answers), cached
 - :mod:`~langlift.evaluate.runner`: the stage's work, end to end
 """

@@ -4,6 +4,7 @@ The one loader of fine-tuned models: ``stages/chat.py`` uses it too."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 
+from langlift import generation
 from langlift.errors import LangliftError
 
 log = logging.getLogger(__name__)
@@ -21,11 +23,13 @@ MANIFEST = "langlift.json"  # written by the finetune stage beside the adapter o
 
 @dataclass
 class LoadedModel:
-    """A model ready to evaluate, its tokenizer, and what was loaded (for the details file)."""
+    """A model ready to evaluate, its tokenizer, what was loaded (for the details file), and how it answers
+    (its saved decoding settings, kept apart from ``model.generation_config``: see :func:`generation.split_off`)."""
 
     model: Any  # a transformers PreTrainedModel or a peft PeftModel wrapping one
     tokenizer: Any
     info: dict[str, Any] = field(default_factory=dict)
+    generation: Any = None  # a transformers GenerationConfig
 
 
 def _from_pretrained(loader: Any, path: str, what: str, **kwargs: Any) -> Any:
@@ -64,13 +68,25 @@ def _info(model: Any, **extra: Any) -> dict[str, Any]:
     return {**extra, "parameters": sum(p.numel() for p in model.parameters()), "dtype": str(next(model.parameters()).dtype)}
 
 
-def load_base(path: str, device: str, dtype: torch.dtype, template: dict[str, str] | None = None) -> LoadedModel:
+def load_base(path: str, device: str, dtype: torch.dtype, template: dict[str, str] | None = None,
+              answers: Any = None) -> LoadedModel:
     """A causal LM and its tokenizer from one directory or hub id, prompted through ``template`` (a fine-tune's
-    :func:`trained_template`) when given, so a base without a chat template is prompted as its fine-tune."""
+    :func:`trained_template`) when given, so a base without a chat template is prompted as its fine-tune, and
+    answering as ``answers`` (a fine-tune's GenerationConfig) when given, else as its own generation config."""
     log.info("loading base model %s (%s, %s)", path, device, dtype)
     tok = _tokenizer(path, (template or {}).get("chat_template"))
     model = _causal_lm(path, device, dtype)
-    return LoadedModel(model, tok, _info(model, path=path, kind="base", template=_source(template)))
+    own = generation.split_off(model)
+    if answers is not None:
+        own = _with_tokens(answers, tok)
+    return LoadedModel(model, tok, _info(model, path=path, kind="base", template=_source(template)), own)
+
+
+def _with_tokens(config: Any, tok: Any) -> Any:
+    """A copy of GenerationConfig ``config`` ending and padding as tokenizer ``tok`` does."""
+    config = copy.deepcopy(config)
+    config.update(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    return config
 
 
 def _source(template: dict[str, str] | None) -> str:
@@ -115,12 +131,15 @@ def load_finetuned(path: str, device: str, dtype: torch.dtype) -> LoadedModel:
 
         log.info("loading %s adapter %s over %s (%s, %s)", manifest["method"], path, manifest["base_model"], device, dtype)
         base = _causal_lm(manifest["base_model"], device, dtype)
+        answers = generation.split_off(base)
         model = PeftModel.from_pretrained(base, path).to(device).eval()
     elif (folder / "config.json").is_file():
         log.info("loading fully fine-tuned model %s (%s, %s)", path, device, dtype)
         model = _causal_lm(path, device, dtype)
+        answers = generation.split_off(model)
     else:
         raise LangliftError(f"{path}: neither adapter_config.json nor config.json; not a model or adapter directory")
     info = _info(model, path=path, kind="finetuned", method=manifest["method"], base_model=manifest["base_model"],
                  template=_source(template))
-    return LoadedModel(model, tok, info)
+    saved = generation.load(folder)  # finetune writes it; an older folder answers as its base does
+    return LoadedModel(model, tok, info, saved if saved is not None else answers)

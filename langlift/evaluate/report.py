@@ -65,21 +65,28 @@ def samples_markdown(
     timing: dict[str, dict[str, float]], language: str, max_new_tokens: int, timed_prompts: int,
     direction: str = "ltr",
 ) -> str:
-    """Side-by-side answers of each model to the fixed prompts, for human review (``direction``: the language's)."""
+    """Side-by-side answers of each model to the fixed prompts, for human review (``direction``: the language's),
+    each with its longest run of one token (``longest_token_runs`` in the model's info)."""
     lines = [
         f"# Generation samples ({language})",
         "",
-        f"Greedy decoding, at most {max_new_tokens} new tokens, each prompt as the user turn of the model's chat template.",
+        "Each prompt as the user turn of the model's chat template, decoded as the fine-tuned model's "
+        "generation_config.json says (the chat's decoding), with at most "
+        f"{max_new_tokens} new tokens (evaluate.max_new_tokens).",
         f"Speed: the first {timed_prompts} prompts generated again, exactly {max_new_tokens} tokens each, after this warm-up pass.",
+        "Longest run: the most times one token follows itself in an answer.",
         "",
-        "| model | path | tokens/s | time to first token (s) |",
-        "|---|---|---|---|",
+        "| model | path | decoding | tokens/s | time to first token (s) | longest run |",
+        "|---|---|---|---|---|---|",
     ]
     for name, info in models.items():
         t = timing[name]
-        lines.append(f"| {name} | `{info['path']}` | {t['gen_tokens_per_s']:.1f} | {t['ttft_s']:.3f} |")
+        lines.append(f"| {name} | `{info['path']}` | {info.get('decoding', '')} | {t['gen_tokens_per_s']:.1f} "
+                     f"| {t['ttft_s']:.3f} | {t.get('max_token_run', '')} |")
     for i, p in enumerate(prompts):
         lines += ["", f"## {i + 1}. `{p['id']}`", "", _quote(p["prompt"], direction)]
         for name in answers:
-            lines += ["", f"**{name}**", "", _quote(answers[name][i], direction)]
+            runs = models[name].get("longest_token_runs")
+            run = f" (longest run: {runs[i]})" if runs else ""
+            lines += ["", f"**{name}**{run}", "", _quote(answers[name][i], direction)]
     return "\n".join(lines) + "\n"

@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
-from langlift import hardware
+from langlift import generation, hardware
 from langlift.errors import LangliftError
-from langlift.evaluate import inputs, report, timing
+from langlift.evaluate import inputs, judge, report, timing
 from langlift.evaluate.harness import Examples, Harness
 from langlift.evaluate.models import LoadedModel, load_base, load_finetuned, read_manifest, trained_template
-from langlift.io import write_json, write_text
+from langlift.io import write_json, write_jsonl, write_text
 from langlift.params import Evaluate, MatrixEntry, Params
 
 log = logging.getLogger(__name__)
@@ -83,13 +83,15 @@ def evaluate(
         harness = Harness(sets, language, cfg, Path(work), params.seed, input_marker)
         # both models are prompted through the template finetune trained with (a base may have none of its own)
         template = trained_template(manifest)
-        loaders = (("base", lambda: load_base(base, settings.device, settings.dtype, template)),
+        answering = generation.load(finetuned)  # and answer the review prompts as the fine-tune does
+        loaders = (("base", lambda: load_base(base, settings.device, settings.dtype, template, answering)),
                    ("finetuned", lambda: load_finetuned(finetuned, settings.device, settings.dtype)))
         for name, load in loaders:
             start = time.perf_counter()
             timing.reset_peak_memory(settings.device)
             loaded = load()
-            per_model[name], examples[name], answers[name] = _score(harness, loaded, sets, cfg, settings.device)
+            per_model[name], examples[name], answers[name] = _score(harness, loaded, sets, cfg, settings.device,
+                                                                    params.generation.seed)
             models[name] = loaded.info
             seconds[name] = round(time.perf_counter() - start, 1)
             log.info("%s: %s", name, ", ".join(f"{k}={v:.4g}" for k, v in per_model[name].items()))
@@ -100,6 +102,10 @@ def evaluate(
 
     flat = {**report.flat_metrics(per_model), **sizes}
     report.write_examples(outputs.examples, examples)
+    write_review(outputs.examples, sets.prompts, answers)
+    if cfg.judge.enabled:
+        items, by_model = judge_inputs(sets.prompts, answers, examples, cfg.judge.sets)
+        flat.update(judge.run(cfg.judge, language, items, by_model, outputs.examples / "judge"))
     write_json(outputs.metrics, flat)
     write_json(outputs.details, {
         "language": lang,
@@ -113,6 +119,9 @@ def evaluate(
         "lm_eval": {"version": version("lm_eval"), "tasks": harness.task_names()},
         "hardware": {"device": settings.device, "precision": settings.precision, "threads": settings.num_threads},
         "seconds": seconds,
+        "judge": None if not cfg.judge.enabled else {"base_url": cfg.judge.base_url, "model": cfg.judge.model,
+                                                     "sets": cfg.judge.sets, "modes": cfg.judge.modes,
+                                                     "prompt_version": flat.get("judge.prompt_version")},
     })
     report.write_plots(outputs.plots, per_model)
     write_text(outputs.samples, report.samples_markdown(
@@ -120,6 +129,31 @@ def evaluate(
         min(cfg.timing_prompts, len(sets.prompts)), language.direction,
     ))
     return flat
+
+
+def write_review(folder: Path, prompts: list[dict[str, Any]], answers: dict[str, list[str]]) -> None:
+    """``<model>/review.jsonl``: each model's answers to the review prompts, ``{id, prompt, answer}`` a line
+    (what the review page shows native speakers)."""
+    for model, texts in answers.items():
+        write_jsonl(folder / model / "review.jsonl",
+                    [{"id": p["id"], "prompt": p["prompt"], "answer": a} for p, a in zip(prompts, texts, strict=True)])
+
+
+def judge_inputs(prompts: list[dict[str, Any]], answers: dict[str, list[str]], examples: dict[str, Examples],
+                 sets: list[str]) -> tuple[list[judge.Item], dict[str, dict[str, str]]]:
+    """The judge's items (review prompts, test instructions) and each model's answers keyed ``<set>/<id>``."""
+    items: list[judge.Item] = []
+    by_model: dict[str, dict[str, str]] = {m: {} for m in answers}
+    if "prompts" in sets:
+        items += [judge.Item("prompts", p["id"], p["prompt"]) for p in prompts]
+        for m, texts in answers.items():
+            by_model[m].update({f"prompts/{p['id']}": a for p, a in zip(prompts, texts, strict=True)})
+    if "instructions" in sets:
+        first = next(iter(examples.values()))["instructions"]
+        items += [judge.Item("instructions", r["id"], r["source"]) for r in first]
+        for m in answers:
+            by_model[m].update({f"instructions/{r['id']}": r["hypothesis"] for r in examples[m]["instructions"]})
+    return items, by_model
 
 
 def set_sizes(sets: inputs.EvalSets) -> dict[str, int]:
@@ -140,7 +174,7 @@ def warn_small(sizes: dict[str, int], minimum: dict[str, int]) -> None:
 
 
 def _score(harness: Harness, loaded: LoadedModel, sets: inputs.EvalSets, cfg: Evaluate,
-           device: str) -> tuple[dict[str, float], Examples, list[str]]:
+           device: str, seed: int) -> tuple[dict[str, float], Examples, list[str]]:
     """Every metric of one model, every scored example, and its answers to the review prompts."""
     scores = harness.perplexity(loaded)
     generated, examples = harness.generations(loaded)
@@ -149,7 +183,7 @@ def _score(harness: Harness, loaded: LoadedModel, sets: inputs.EvalSets, cfg: Ev
     scores.update(sib200)
     examples.update(sib200_examples)
     scores.update(harness.listed(loaded))
-    answers, timed = timing.generate_timed(loaded, sets.prompts, cfg.max_new_tokens, cfg.timing_prompts)
+    answers, timed = timing.generate_timed(loaded, sets.prompts, cfg.max_new_tokens, cfg.timing_prompts, seed)
     scores.update(timed)
     scores["peak_mem_mb"] = timing.peak_memory_mb(device)  # the whole evaluation of this model, load included
     return scores, examples, answers

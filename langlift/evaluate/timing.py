@@ -1,7 +1,9 @@
-"""Generation of the fixed review prompts, timed: tokens per second, time to first token, peak memory."""
+"""Generation of the fixed review prompts, timed: tokens per second, time to first token, peak memory, and
+the longest run of one token in an answer."""
 
 from __future__ import annotations
 
+import copy
 import resource
 import statistics
 import time
@@ -12,6 +14,7 @@ import torch
 from tqdm import tqdm
 from transformers.generation.streamers import BaseStreamer
 
+from langlift import generation
 from langlift.evaluate.models import LoadedModel
 
 
@@ -57,9 +60,12 @@ def peak_memory_mb(device: str) -> float:
 
 
 def generate_timed(
-    loaded: LoadedModel, prompts: list[dict[str, Any]], max_new_tokens: int, timed_prompts: int
+    loaded: LoadedModel, prompts: list[dict[str, Any]], max_new_tokens: int, timed_prompts: int, seed: int
 ) -> tuple[list[str], dict[str, float]]:
-    """Greedy answers to ``prompts`` (one at a time, through the chat template), then their timing.
+    """Answers to ``prompts`` (one at a time, through the chat template) decoded as the model's saved generation
+    config says (sampling seeded once with ``seed``: reproducible), at most ``max_new_tokens`` each; then
+    their timing and the longest run of one token in any answer (``max_token_run``; per answer in
+    ``loaded.info["longest_token_runs"]``, with the decoding in ``loaded.info["decoding"]``).
 
     The answering pass and one full-length generation warm up first: on CPU, kernels are prepared per
     tensor shape on first use, so whichever model ran first would otherwise look slower. The timed
@@ -68,28 +74,27 @@ def generate_timed(
     ``gen_tokens_per_s``: new tokens over the wall time of those ``generate`` calls (prefill included);
     ``ttft_s``: median time from calling ``generate`` to its first new token."""
     model, tok = loaded.model, loaded.tokenizer
-    device = next(model.parameters()).device
-    encoded = [  # tokenised as training did: the template carries any special tokens
-        tok.apply_chat_template([{"role": "user", "content": p["prompt"]}], add_generation_prompt=True,
-                                return_tensors="pt", return_dict=True).to(device)
-        for p in prompts
-    ]
-    kwargs = {"do_sample": False, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
-              "max_new_tokens": max_new_tokens}
-    answers, ttfts, new_tokens, seconds = [], [], 0, 0.0
-    with torch.inference_mode():
-        for enc in tqdm(encoded, desc="review prompts", unit="prompt"):
-            out = model.generate(**enc, **kwargs)
-            answers.append(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip())
-        model.generate(**encoded[0], min_new_tokens=max_new_tokens, **kwargs)  # full-length warm-up
-        for enc in tqdm(encoded[:timed_prompts], desc="timing", unit="prompt"):
-            timer = FirstTokenTimer()
-            start = time.perf_counter()
-            out = model.generate(**enc, min_new_tokens=max_new_tokens, streamer=timer, **kwargs)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds += time.perf_counter() - start
-            new_tokens += out.shape[1] - enc["input_ids"].shape[1]
-            ttfts.append(timer.first_token_at - start)
-    timing = {"gen_tokens_per_s": new_tokens / seconds, "ttft_s": statistics.median(ttfts)}
+    config = copy.deepcopy(loaded.generation)
+    config.max_new_tokens = min(max_new_tokens, config.max_new_tokens or max_new_tokens)
+    messages = [[{"role": "user", "content": p["prompt"]}] for p in prompts]
+    answers, runs, ttfts, new_tokens, seconds = [], [], [], 0, 0.0
+    torch.manual_seed(seed)
+    for turn in tqdm(messages, desc="review prompts", unit="prompt"):
+        ids = generation.generate(model, tok, turn, config)
+        runs.append(generation.longest_run(ids))
+        answers.append(tok.decode(ids, skip_special_tokens=True).strip())
+    full = config.max_new_tokens
+    generation.generate(model, tok, messages[0], config, min_new_tokens=full)  # full-length warm-up
+    for turn in tqdm(messages[:timed_prompts], desc="timing", unit="prompt"):
+        timer = FirstTokenTimer()
+        start = time.perf_counter()
+        ids = generation.generate(model, tok, turn, config, streamer=timer, min_new_tokens=full)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - start
+        new_tokens += len(ids)
+        ttfts.append(timer.first_token_at - start)
+    loaded.info.update(decoding=generation.describe(config), longest_token_runs=runs)
+    timing = {"gen_tokens_per_s": new_tokens / seconds, "ttft_s": statistics.median(ttfts),
+              "max_token_run": max(runs, default=0)}
     return answers, timing

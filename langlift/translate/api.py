@@ -1,13 +1,14 @@
 """The ``api`` backend: any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp, Ollama).
 
-Requests go through the shared :class:`langlift.openai_client.ChatClient`: bounded concurrency, a
-token-bucket rate limit, retries with backoff on 429/5xx/timeouts/malformed bodies, request and token
-caps, and the key read only from the environment variable named in params.
+Requests go through the shared :class:`langlift.openai_client.ChatClient` (the openai package's client
+underneath): bounded concurrency, a token-bucket rate limit, retries with backoff on
+429/5xx/timeouts/malformed bodies, request and token caps, and the key read only from the environment
+variable named in params. Its one cache is the translate stage's segment cache (``translate.cache``),
+committed after every chunk of ``4 * concurrency`` segments; the client keeps no reply cache of its own.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from langlift.openai_client import ChatClient
@@ -21,13 +22,12 @@ class ApiBackend(PromptedBackend):
                  api_key_env: str | None = "OPENAI_API_KEY", concurrency: int = 8,
                  requests_per_minute: float | None = None, max_retries: int = 5, timeout: float = 60.0,
                  max_requests: int | None = None, max_tokens: int | None = None, temperature: float = 0.0,
-                 max_completion_tokens: int | None = 1024, response_cache: str | Path | None = None,
-                 backoff: float = 1.0):
+                 max_completion_tokens: int | None = 1024, backoff: float = 1.0):
         super().__init__(model, template, language,
                          {"temperature": temperature, "max_completion_tokens": max_completion_tokens})
         self.client = ChatClient(base_url, model, api_key_env=api_key_env, concurrency=concurrency,
                                  requests_per_minute=requests_per_minute, max_retries=max_retries, timeout=timeout,
-                                 cache_dir=response_cache, max_requests=max_requests, max_tokens=max_tokens,
+                                 cache_dir=None, max_requests=max_requests, max_tokens=max_tokens,
                                  backoff=backoff)
         self.chunk_size = concurrency * 4
 
