@@ -105,11 +105,12 @@ def _pretrain_init(lock_path: str | Path) -> str | None:
 
 def base_info(ref: str, fingerprint: str | None = None, lock_path: str | Path = "dvc.lock") -> Base:
     """:class:`Base` for a base model reference and its fingerprint (``hub:id@sha`` or ``sha256:…``)."""
-    if not Path(ref).exists() and _HUB_ID.fullmatch(ref):
-        revision = fingerprint.rsplit("@", 1)[1] if fingerprint and fingerprint.startswith("hub:") else None
-        return Base(ref, hub_id=ref, revision=revision)
     key = ref.rstrip("/")
     here = Path(key) == Path(PRETRAIN_OUT)
+    local = here or Path(ref).exists() or Path(key).parts[0] == "models"  # models/…: this repository's, pulled or not
+    if not local and _HUB_ID.fullmatch(ref):
+        revision = fingerprint.rsplit("@", 1)[1] if fingerprint and fingerprint.startswith("hub:") else None
+        return Base(ref, hub_id=ref, revision=revision)
     return Base(ref, lock_md5=data_hashes(lock_path, (key,)).get(key), pretrained_here=here,
                 init=_pretrain_init(lock_path) if here else None)
 
