@@ -35,7 +35,7 @@ import click
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "threads.json"
-BATCH = 16  # params.yaml's pretrain.batch_size; the sequence length is the preset's context
+BATCH = 16  # the batch of the figures in docs/performance.md (params.yaml's pretrain.batch_size was 16 then; now 8)
 POLICIES = ("old", "new")
 TARGET_PAIR, TARGET_SOLO = 0.40, 0.95
 

@@ -24,17 +24,21 @@ def prepare_openmp() -> bool:
 
 def prepare_console() -> None:
     """Output a person can read, in a terminal or a log. Third-party deprecation warnings are hidden (langlift's
-    own are fixed at the cause, so those still show); the libraries' housekeeping bars (datasets' map/filter) and bitsandbytes'
-    import notice are off; when stderr is not a terminal (a log, CI, a piped `dvc repro`) progress bars redraw at most once a minute
-    and download bars are off. Runs before tqdm is imported: tqdm reads its ``TQDM_*`` defaults once, at import.
+    own are fixed at the cause, so those still show); the libraries' housekeeping (datasets' map/filter bars,
+    accelerate's checkpoint notes, lm-eval's task set-up, bitsandbytes' import notice) is off, their warnings and
+    errors stay. When stderr is not a terminal (a log, CI, a piped `dvc repro`) a progress bar appears only for work
+    that lasts over 10 s and then redraws once a minute, and download bars are off. Runs before tqdm is imported:
+    tqdm reads its ``TQDM_*`` defaults once, at import.
     """
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
         warnings.filterwarnings("default", category=category, module="langlift")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU-kernel notice when peft imports it
+    for name, level in (("bitsandbytes", logging.ERROR), ("accelerate", logging.WARNING), ("lm_eval", logging.WARNING)):
+        logging.getLogger(name).setLevel(level)
     if not sys.stderr.isatty():
         os.environ.setdefault("TQDM_MININTERVAL", "60")
+        os.environ.setdefault("TQDM_DELAY", "10")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 

@@ -279,6 +279,56 @@ def live_callback(live):
     return LiveCallback()
 
 
+LOG_FIELDS = (("loss", "loss", ".4f"), ("eval_loss", "val loss", ".4f"), ("learning_rate", "lr", ".2e"),
+              ("grad_norm", "grad norm", ".3g"))
+
+
+class LogLines:
+    """Trainer log events as lines, ``step 10/78 (epoch 0.39): loss 6.4310, lr 2.95e-03, grad norm 0.615``: None
+    for the end-of-training totals (the stage's summary line gives those) and for a repeat of the last line."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+
+    def __call__(self, state, logs: dict[str, Any]) -> str | None:
+        parts = [f"{name} {float(logs[key]):{fmt}}" for key, name, fmt in LOG_FIELDS if key in logs]
+        if not parts or "train_runtime" in logs:
+            return None
+        when = f"step {state.global_step}/{state.max_steps} (epoch {state.epoch or 0:.2f})" if state.max_steps \
+            else "before training"
+        line = f"{when}: {', '.join(parts)}"
+        line, self.last = (None if line == self.last else line), line
+        return line
+
+
+def readable_progress(trainer) -> None:
+    """Trainer logs as :class:`LogLines` instead of printed dicts: above the bar in a terminal, as log lines in a
+    log (where there is no bar, ``disable_tqdm``)."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    lines = LogLines()
+
+    class Progress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not (line := lines(state, logs or {})):
+                return
+            if self.training_bar is not None:
+                self.training_bar.write(line)
+            else:  # the validation before or after training
+                log.info(line)
+
+    class Lines(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and (line := lines(state, logs or {})):
+                log.info(line)
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(Progress())
+    if trainer.pop_callback(PrinterCallback) is not None:
+        trainer.add_callback(Lines())
+
+
 def trainer_class(fused_lm_head: bool):
     """TRL's SFTTrainer, or one whose loss is the model's own cross-entropy over full logits.
 
@@ -515,12 +565,25 @@ def prepare(params: dict[str, Any], *, base_model: str | None = None, paths: Pat
     log.info("loss: %s", "TRL's chunked fused LM head" if fused else "the model's own cross-entropy (full logits)")
     trainer = trainer_class(fused)(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                                    processing_class=tokenizer, peft_config=declared, callbacks=[live_callback(live)])
+    readable_progress(trainer)
     if declared is not None and settings.precision == "fp32":
         for p in trainer.model.parameters():  # TRL stores QLoRA adapters in bf16; keep them fp32 where we compute in fp32
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
     return Prepared(trainer, declared, template, settings, train_stats, val_stats, base_name, base, resume_from, live,
                     fused)
+
+
+def summary(metrics: dict[str, Any], model: Path) -> str:
+    """The stage's closing line: where the model went, how long it trained and what validation loss did."""
+    loss = metrics["eval_loss"]
+    if loss is not None:
+        start = metrics["eval_loss_start"]
+        loss_text = f", val loss {start:.4f} -> {loss:.4f}" if start is not None else f", val loss {loss:.4f}"
+    else:
+        loss_text = ", no validation set"
+    speed = f", {metrics['tokens_per_second']:,.0f} tokens/s" if metrics["tokens_per_second"] else ""
+    return f"{model} ({metrics['method']}): {metrics['steps']} steps, {metrics['epochs']:g} epochs{loss_text}{speed}"
 
 
 def run(params: Params, *, base_model: str | None = None, name: str | None = None,
@@ -616,7 +679,6 @@ def run(params: Params, *, base_model: str | None = None, name: str | None = Non
             licenses=modelcard.data_licenses()))
     write_json(paths.metrics, metrics)
     shutil.rmtree(paths.checkpoints, ignore_errors=True)
-    log.info("wrote %s and %s", paths.model, paths.metrics)
     return metrics, trainer.model
 
 

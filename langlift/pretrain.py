@@ -39,6 +39,9 @@ from langlift.params import Params, Pretrain
 from langlift.packing import BatchPlan, blocks, doc_position_ids, read_texts, tokenize
 
 log = logging.getLogger(__name__)
+# accelerate's save_state drops the lm_head copy of tied embeddings and warns so at every checkpoint; loading ties
+# them again (tests/test_pretrain.py resumes from such checkpoints), so the notice tells a user nothing.
+logging.getLogger("accelerate.utils.other").addFilter(lambda record: "Removed shared tensor" not in record.getMessage())
 
 # the loop settings a checkpoint must share with the run that resumes it (how often to save does not matter)
 LOOP_KEYS = {"steps", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "betas",
@@ -285,8 +288,18 @@ def run_identity(p: Pretrain, seed: int, arch: dict[str, Any] | None, paths: Pat
     }
 
 
+def summary(metrics: dict[str, Any], paths: Paths = Paths()) -> str:
+    """The stage's closing line: where the model went, its validation loss and the speed."""
+    mfu = f", MFU {metrics['mfu']:.1%}" if metrics.get("mfu") is not None else ""
+    speed = f", {metrics['tokens_per_second']:,.0f} tokens/s{mfu}" if metrics.get("tokens_per_second") else ""
+    val = metrics.get("val_loss")
+    loss = f", val loss {val:.4f} (perplexity {math.exp(val):.1f})" if val is not None else ""
+    return f"{paths.model}: {metrics['steps']} steps{loss}{speed}"
+
+
 def run(params: Params, paths: Paths = Paths(), fresh: bool = False) -> dict[str, Any]:
-    """The pretrain stage: tokenizer, model, training, ``models/base`` and metrics. Returns the metrics.
+    """The pretrain stage: tokenizer, model, training, ``models/base`` and metrics. Returns the metrics (empty
+    in processes other than the main one).
 
     Resumes the newest checkpoint of this same run (:func:`run_identity`) unless ``fresh``.
     """
@@ -436,8 +449,6 @@ def run(params: Params, paths: Paths = Paths(), fresh: bool = False) -> dict[str
             "language": params.language.code,
         }
         write_json(paths.metrics, metrics)
-        log.info("wrote %s: val loss %s, %s tokens/s, MFU %s", paths.model, metrics["val_loss"],
-                 metrics["tokens_per_second"], metrics["mfu"])
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics

@@ -21,7 +21,7 @@ from langlift.cli import run_stage
 @click.option("--tasks", type=click.IntRange(1), default=2, show_default=True, help="datatrove: filter tasks (shards).")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="datatrove: tasks at once.")
 @run_stage
-def main(params_path: str, engine: str, tasks: int, workers: int) -> None:
+def main(params_path: str, engine: str, tasks: int, workers: int) -> str:
     """Clean the instruction data and the corpus; count every removal by reason."""
     params = P.load(params_path)
     options = None
@@ -30,7 +30,8 @@ def main(params_path: str, engine: str, tasks: int, workers: int) -> None:
 
         options = Options(tasks=tasks, workers=workers)
     m = dedupe.run(params.dedupe, params.language, datatrove=options)
-    click.echo(f"instructions={m['instructions.kept']}/{m['instructions.in']} corpus={m['corpus.kept']}/{m['corpus.in']}")
+    return (f"kept {m['instructions.kept']} of {m['instructions.in']} instruction records and {m['corpus.kept']} of "
+            f"{m['corpus.in']} corpus documents")
 
 
 if __name__ == "__main__":

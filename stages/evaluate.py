@@ -14,7 +14,7 @@ from __future__ import annotations
 import click
 
 from langlift.cli import run_stage
-from langlift.evaluate.runner import Outputs, evaluate, matrix_entry
+from langlift.evaluate.runner import Outputs, evaluate, matrix_entry, summary
 from langlift.params import load
 
 
@@ -22,14 +22,15 @@ from langlift.params import load
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="Parameters file.")
 @click.option("--entry", default=None, help="Evaluate one finetune.matrix entry (models/matrix/NAME) instead.")
 @run_stage
-def main(params_path: str, entry: str | None) -> None:
+def main(params_path: str, entry: str | None) -> str:
     params = load(params_path)
     if entry is None:
         finetuned, base = params.evaluate.finetuned, params.base_model
     else:
         finetuned, base = f"models/matrix/{entry}", matrix_entry(params, entry).base_model
-    flat = evaluate(params, finetuned, Outputs.for_entry("metrics", entry), expected_base=base)
-    click.echo(f"evaluate: {len(flat)} metrics written")
+    outputs = Outputs.for_entry("metrics", entry)
+    flat = evaluate(params, finetuned, outputs, expected_base=base)
+    return summary(flat, params.language.code, outputs.metrics)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ MANIFEST = "data/raw/manifest.json"
 @click.command()
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="Params file.")
 @run_stage
-def main(params_path: str) -> None:
+def main(params_path: str) -> str:
     """Fetch every source in `fetch.sources` and normalise it to the record schemas."""
     params = P.load(params_path)
     if not params.fetch.sources:
@@ -29,7 +29,7 @@ def main(params_path: str) -> None:
         write_jsonl(path, by_kind[kind])
     write_json(MANIFEST, {"language": lang, "sources": manifest,
                           "totals": {kind: len(recs) for kind, recs in by_kind.items()}})
-    click.echo(summary(by_kind, manifest))
+    return summary(by_kind, manifest)
 
 
 if __name__ == "__main__":

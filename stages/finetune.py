@@ -26,14 +26,15 @@ from langlift.cli import run_stage
 @click.option("--fresh", is_flag=True, help="Start from step 0 and remove this run's checkpoints (by default an "
               "interrupted run resumes from its newest checkpoint when params, data, base model and code match).")
 @run_stage
-def main(params_path: str, name: str | None, base_model: str | None, fresh: bool) -> None:
+def main(params_path: str, name: str | None, base_model: str | None, fresh: bool) -> str:
     """Fine-tune the base model on data/split/{train,val}.jsonl."""
     params = P.load(params_path)
     hardware.relaunch(params.hardware, __file__, sys.argv[1:])
     hardware.quiet_other_ranks()
     from langlift import finetune as F  # after the relaunch: the launcher process needs no transformers
 
-    F.run(params, base_model=base_model, name=name, fresh=fresh)
+    metrics, _ = F.run(params, base_model=base_model, name=name, fresh=fresh)
+    return F.summary(metrics, F.Paths.for_run(name).model)
 
 
 if __name__ == "__main__":

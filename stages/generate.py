@@ -25,7 +25,7 @@ log = logging.getLogger("langlift.generate")
 @click.command()
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="Params file.")
 @run_stage
-def main(params_path: str) -> None:
+def main(params_path: str) -> str:
     """Generate, filter and deduplicate instruction tasks until `generate.target` are kept."""
     params = P.load(params_path)
     if not params.generate.enabled:
@@ -34,8 +34,7 @@ def main(params_path: str) -> None:
         write_jsonl(OUT, [])
         write_jsonl(REMOVED, [])
         write_json(METRICS, {"enabled": False, "kept": 0})
-        click.echo("generate: disabled, 0 records")
-        return
+        return "disabled (generate.enabled: false): 0 records"
     config, client, seeds, filters = from_params(params)
     log.info("generating %d tasks in %s with %s at %s (%d seed tasks)",
              config.target, config.language, config.model, client.base_url, len(seeds))
@@ -47,7 +46,7 @@ def main(params_path: str) -> None:
     log.info("kept %d of %d parsed tasks; removed %s; %d requests sent, %d cached; tokens %s; cost $%.4f "
              "(this run $%.4f)", m["kept"], m["parsed"], m["removed"], m["http"]["requests"],
              m["http"]["cache_hits"], m["tokens"], m["cost_usd"], m["cost_usd_this_run"])
-    click.echo(f"generate: {m['kept']} records -> {OUT}")
+    return f"{m['kept']} records -> {OUT} (cost ${m['cost_usd_this_run']:.4f} this run)"
 
 
 if __name__ == "__main__":

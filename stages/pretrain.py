@@ -24,14 +24,15 @@ from langlift.cli import run_stage
 @click.option("--fresh", is_flag=True, help="Start from step 0 and remove the checkpoints in pretrain.checkpoint_dir "
               "(by default the newest is resumed when this same run made it).")
 @run_stage
-def main(params_path: str, fresh: bool) -> None:
+def main(params_path: str, fresh: bool) -> str | None:
     """Pretrain (or continue pretraining) the base model."""
     params = P.load(params_path)
     hardware.relaunch(params.hardware, __file__, sys.argv[1:])
     hardware.quiet_other_ranks()
-    from langlift.pretrain import run  # after the relaunch: the launcher process needs no transformers
+    from langlift import pretrain  # after the relaunch: the launcher process needs no transformers
 
-    run(params, fresh=fresh)
+    metrics = pretrain.run(params, fresh=fresh)
+    return pretrain.summary(metrics) if metrics else None  # only the main process has metrics
 
 
 if __name__ == "__main__":

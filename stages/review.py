@@ -62,14 +62,13 @@ def serve(reviewer: str, port: int, params_path: str, reviews: Path, metrics_dir
 @REVIEWS
 @METRICS
 @run_stage
-def fold(params_path: str, reviews: Path, metrics_dir: Path) -> None:
+def fold(params_path: str, reviews: Path, metrics_dir: Path) -> str:
     """Write metrics/human.json (win rate, agreement) and data/review/corrections.jsonl."""
     params = P.load(params_path)
     metrics = fold_files(reviews, metrics_dir, [e.name for e in params.finetune.matrix], params.language.code,
                          metrics_dir / "human.json", reviews / "corrections.jsonl")
     rate = f", win rate {metrics['win_rate']:.3f}" if "win_rate" in metrics else ""
-    click.echo(f"review: {metrics['judgements']} judgements by {metrics['reviewers']} reviewers "
-               f"({metrics['stale']} stale){rate}")
+    return f"{metrics['judgements']} judgements by {metrics['reviewers']} reviewers ({metrics['stale']} stale){rate}"
 
 
 if __name__ == "__main__":

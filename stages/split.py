@@ -14,7 +14,7 @@ from langlift.io import write_json, write_jsonl
 @click.command()
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="Params file.")
 @run_stage
-def main(params_path: str) -> None:
+def main(params_path: str) -> str:
     """Split the cleaned data; no id or translation group lands in two splits."""
     params = P.load(params_path)
     cfg, lang, seed = params.split, params.language.code, params.seed
@@ -40,7 +40,9 @@ def main(params_path: str) -> None:
                "corpus": {name: len(recs) for name, recs in corpus.items()},
                "parallel_test": len(pairs), "parallel_other_script": other_script}
     write_json("metrics/split.json", metrics)
-    click.echo(f"instructions {metrics['instructions']} corpus {metrics['corpus']} parallel_test {len(pairs)}")
+    i, c = metrics["instructions"], metrics["corpus"]
+    return (f"instructions train {i['train']} ({i['train_english_share']:.0%} English) / val {i['val']} / test "
+            f"{i['test']}; corpus train {c['train']} / val {c['val']}; {len(pairs)} parallel test pairs")
 
 
 if __name__ == "__main__":

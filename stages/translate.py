@@ -23,9 +23,12 @@ METRICS = "metrics/translate.json"
 @click.command()
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="Params file.")
 @run_stage
-def main(params_path: str) -> None:
+def main(params_path: str) -> str:
     params = P.load(params_path)
-    translate_file(params, SOURCE, OUTPUT, REJECTED, METRICS)
+    m = translate_file(params, SOURCE, OUTPUT, REJECTED, METRICS)
+    pairs = f" + {m['pair_records']} pair records" if "pair_records" in m else ""
+    return (f"{m['records_out']} of {m['records_in']} records translated with {m['backend']}{pairs} -> {OUTPUT} "
+            f"({m['dropped']} dropped, see {REJECTED})")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ def test_pretrain_two_processes_match_one_with_double_batch_and_resume(tmp_path)
     shutil.copytree(data, root / "data" / "split")
     out = launch(root, "pretrain")
     assert "accelerate.commands.launch --config_file configs/accelerate/cpu2.yaml --num_processes 2" in out
-    assert out.count("wrote models/base") == 1  # only the main process writes the model and metrics
+    summaries = [line for line in out.splitlines() if line.startswith("pretrain: models/base: 8 steps")]
+    assert len(summaries) == 1  # one summary line, from the main process
     assert out.count("hardware: num_threads = ") == 1  # the other rank logs warnings only
     m = json.loads((root / "metrics/pretrain.json").read_text())
     assert m["processes"] == 2 and m["tokens_seen"] == one["tokens_seen"] and m["hardware.num_threads"] == 1
@@ -113,7 +114,9 @@ def test_finetune_two_processes_match_one_with_double_batch(method, tmp_path, mo
     two.hardware.processes = 2
     root = project(tmp_path / "two", two)
     shutil.copytree(tmp_path / "one/data", root / "data")
-    launch(root, "finetune")
+    out = launch(root, "finetune")
+    summaries = [line for line in out.splitlines() if line.startswith("finetune: models/finetuned")]
+    assert len(summaries) == 1  # one summary line, from the main process
     m = json.loads((root / "metrics/finetune.json").read_text())
     assert m["steps"] == one["steps"] == 4 and m["method"] == method
     assert_same_curves(tmp_path / "one/metrics/finetune", root / "metrics/finetune", ("train/loss",))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import COPIED, copy_repository, dvc, ran, sh  # noqa: F401
@@ -21,6 +22,20 @@ def test_repro_runs_every_stage_and_leaves_status_clean(workspace):
         assert (workspace / path).stat().st_size > 0, path
     assert "up to date" in dvc(workspace, "status")
     assert ran(dvc(workspace, "repro")) == set(), "a second repro must do nothing"
+
+
+def test_the_repro_log_is_each_stages_story_not_library_noise(workspace):
+    """Captured as in CI or a piped `dvc repro` (no terminal): every stage ends with its summary line; the
+    Trainer's logs are lines, not dicts; libraries' housekeeping, short progress bars and warnings stay out."""
+    log = workspace.joinpath(".first_repro.log").read_text()
+    for stage in ran(log):
+        assert re.search(rf"^{stage}: .+ \(\d[\dhms. ]*\)$", log, re.M), f"no summary line for {stage}"
+    assert re.search(r"^pretrain: models/base: 300 steps, val loss \d\.\d{4} \(perplexity [\d.]+\)", log, re.M)
+    assert re.search(r"langlift.finetune: step \d+/\d+ \(epoch \d\.\d\d\): loss \d\.\d{4}, lr ", log)
+    for noise in ("{'loss'", "{'eval_loss'", "Removed shared tensor", "Running loglikelihood requests",
+                  "Building contexts", "Warning:", "kwarg is not of type", "already-initialized model"):
+        assert noise not in log, noise
+    assert not re.search(r"^\d\d:\d\d:\d\d (lm_eval|accelerate)\.", log, re.M)
 
 
 def test_no_id_in_two_splits(workspace):

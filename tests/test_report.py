@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, clone_published, dvc, sh
+from conftest import LR_EXPERIMENT, REPO, clone_published, dvc, sh
 from PIL import Image
 
 from langlift import report as R
@@ -39,7 +39,8 @@ def test_report_has_metrics_by_stage_params_and_counts(report):
     base, finetuned = ppl.split(" | ")[1:3]
     assert "**" not in base and "**" in finetuned, "only the fine-tuned model changed with lr"
     params = text.split("## Params")[1].split("\n## ")[0]
-    assert re.search(r"\| params\.yaml \| lr +\| 0\.0002 +\| 0\.0001 ", params), params
+    main_lr = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["lr"]
+    assert re.search(rf"\| params\.yaml \| lr +\| {main_lr:g} +\| {LR_EXPERIMENT['lr']:g} ", params), params
     counts = text.split("## Data counts")[1].split("\n## ")[0]
     assert "| split | `instructions.train` |" in counts and "| dedupe | `corpus.kept` |" in counts
 

@@ -44,6 +44,20 @@ class Outputs:
                    d / f"{p}evaluate_plots", d / f"{p}evaluate_outputs")
 
 
+HEADLINE = ("ppl", "chrf_en_{lang}", "instr_chrf", "sib200_acc", "max_token_run")  # the summary line's metrics
+
+
+def summary(flat: dict[str, Any], lang: str, metrics: Path) -> str:
+    """The stage's closing line: base -> fine-tuned on the headline metrics that were measured, then the judge."""
+    pairs = []
+    for key in (k.format(lang=lang) for k in HEADLINE):
+        if (before := flat.get(f"base.{key}")) is not None and (after := flat.get(f"finetuned.{key}")) is not None:
+            pairs.append(f"{key} {before:.4g} -> {after:.4g}")
+    if (rate := flat.get("judge.win_rate")) is not None:
+        pairs.append(f"judge win rate {rate:.2f}")
+    return f"base -> fine-tuned: {', '.join(pairs) or 'no paired metrics'} ({len(flat)} metrics in {metrics})"
+
+
 def matrix_entry(params: Params, name: str) -> MatrixEntry:
     """The ``finetune.matrix`` entry called ``name``."""
     for entry in params.finetune.matrix:
