@@ -42,6 +42,12 @@ def prepare_console() -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def hide_log_messages(logger: str, *fragments: str) -> None:
+    """Drop the records of ``logger`` whose message contains one of ``fragments``: a library's notice about a
+    choice langlift makes on purpose (its other records still show)."""
+    logging.getLogger(logger).addFilter(lambda record: not any(f in record.getMessage() for f in fragments))
+
+
 prepare_console()
 TORCH_LOADED_FIRST = "torch" in sys.modules
 OPENMP_POLICY_SET = prepare_openmp()

@@ -30,6 +30,8 @@ def run_stage(fn: Callable[..., str | None]) -> Callable[..., None]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        if not main_process():  # one copy of each line: other ranks of a launch log warnings and errors only
+            log.setLevel(logging.WARNING)
         start = time.perf_counter()
         try:
             summary = fn(*args, **kwargs)
@@ -39,10 +41,15 @@ def run_stage(fn: Callable[..., str | None]) -> Callable[..., None]:
         except KeyboardInterrupt:
             click.echo("interrupted: outputs were left as they were; cached work is kept", err=True)
             sys.exit(130)
-        if summary and int(os.environ.get("RANK", "0")) == 0:
+        if summary and main_process():
             click.echo(f"{name}: {summary} ({duration(time.perf_counter() - start)})")
 
     return wrapper
+
+
+def main_process() -> bool:
+    """Whether this is the main process (rank 0) of an ``accelerate launch`` / ``torchrun``, or a lone process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def duration(seconds: float) -> str:

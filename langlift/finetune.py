@@ -297,7 +297,9 @@ class LogLines:
         when = f"step {state.global_step}/{state.max_steps} (epoch {state.epoch or 0:.2f})" if state.max_steps \
             else "before training"
         line = f"{when}: {', '.join(parts)}"
-        line, self.last = (None if line == self.last else line), line
+        if line == self.last:
+            return None
+        self.last = line
         return line
 
 

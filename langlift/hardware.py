@@ -403,9 +403,3 @@ def relaunch(hw: Hardware, script: str, args: Sequence[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, cmd)
-
-
-def quiet_other_ranks() -> None:
-    """In a launch's processes other than rank 0, langlift logs warnings and errors only (one copy of each line)."""
-    if int(os.environ.get("RANK", "0")) > 0:
-        logging.getLogger("langlift").setLevel(logging.WARNING)

@@ -30,7 +30,7 @@ from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from langlift import generation, hardware, modelref, packing, resume
+from langlift import generation, hardware, hide_log_messages, modelref, packing, resume
 from langlift import model as llm
 from langlift import tokenizer as tk
 from langlift.errors import LangliftError
@@ -41,7 +41,7 @@ from langlift.packing import BatchPlan, blocks, doc_position_ids, read_texts, to
 log = logging.getLogger(__name__)
 # accelerate's save_state drops the lm_head copy of tied embeddings and warns so at every checkpoint; loading ties
 # them again (tests/test_pretrain.py resumes from such checkpoints), so the notice tells a user nothing.
-logging.getLogger("accelerate.utils.other").addFilter(lambda record: "Removed shared tensor" not in record.getMessage())
+hide_log_messages("accelerate.utils.other", "Removed shared tensor")
 
 # the loop settings a checkpoint must share with the run that resumes it (how often to save does not matter)
 LOOP_KEYS = {"steps", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "betas",

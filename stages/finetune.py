@@ -30,7 +30,6 @@ def main(params_path: str, name: str | None, base_model: str | None, fresh: bool
     """Fine-tune the base model on data/split/{train,val}.jsonl."""
     params = P.load(params_path)
     hardware.relaunch(params.hardware, __file__, sys.argv[1:])
-    hardware.quiet_other_ranks()
     from langlift import finetune as F  # after the relaunch: the launcher process needs no transformers
 
     metrics, _ = F.run(params, base_model=base_model, name=name, fresh=fresh)

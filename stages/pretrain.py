@@ -28,7 +28,6 @@ def main(params_path: str, fresh: bool) -> str | None:
     """Pretrain (or continue pretraining) the base model."""
     params = P.load(params_path)
     hardware.relaunch(params.hardware, __file__, sys.argv[1:])
-    hardware.quiet_other_ranks()
     from langlift import pretrain  # after the relaunch: the launcher process needs no transformers
 
     metrics = pretrain.run(params, fresh=fresh)

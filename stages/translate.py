@@ -27,8 +27,9 @@ def main(params_path: str) -> str:
     params = P.load(params_path)
     m = translate_file(params, SOURCE, OUTPUT, REJECTED, METRICS)
     pairs = f" + {m['pair_records']} pair records" if "pair_records" in m else ""
+    flagged = ", ".join(f"{reason} {n}" for reason, n in m["flagged"].items()) or "none"
     return (f"{m['records_out']} of {m['records_in']} records translated with {m['backend']}{pairs} -> {OUTPUT} "
-            f"({m['dropped']} dropped, see {REJECTED})")
+            f"({m['dropped']} dropped, see {REJECTED}; flagged: {flagged})")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import string
 from pathlib import Path
 from typing import Any
 
+from langlift import hide_log_messages
 from langlift.errors import LangliftError
 from langlift.evaluate import metrics
 from langlift.evaluate.inputs import EvalSets, Sib200
@@ -23,10 +24,8 @@ from langlift.params import Evaluate, Language
 
 log = logging.getLogger(__name__)
 # lm-eval warns twice whenever HFLM is given a loaded model rather than a name; that is deliberate here (each model
-# is loaded once, adapter applied, for every task), so these two warnings are dropped and its others still show.
-_LOADED_MODEL_NOTES = ("is not of type `str`", "Passed an already-initialized model")
-logging.getLogger("lm_eval.models.huggingface").addFilter(
-    lambda record: not any(note in record.getMessage() for note in _LOADED_MODEL_NOTES))
+# is loaded once, adapter applied, for every task).
+hide_log_messages("lm_eval.models.huggingface", "is not of type `str`", "Passed an already-initialized model")
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 CORE_TASKS = ("langlift_perplexity", "langlift_translate", "langlift_instructions",  # always run, scored here

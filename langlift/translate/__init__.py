@@ -130,5 +130,4 @@ def translate_file(params: Params, src: str | Path, out: str | Path, rejected_pa
     write_jsonl(out, kept)
     write_jsonl(rejected_path, rejected)
     write_json(metrics_path, metrics)
-    log.info("wrote %d records to %s (%d rejected: %s)", len(kept), out, len(rejected), metrics["flagged"])
     return metrics
