@@ -646,6 +646,7 @@ def run(params: Params, *, base_model: str | None = None, name: str | None = Non
     trainer.model.config.use_cache = True  # saved so: generation wants the KV cache (training turned it off)
     trainer.save_model(str(staging))  # on every rank: FSDP and ZeRO-3 gather the weights collectively
     if not trainer.is_world_process_zero():
+        _finish_launch(trainer)
         return metrics, trainer.model
 
     with atomic_path(paths.model) as tmp:
@@ -681,7 +682,16 @@ def run(params: Params, *, base_model: str | None = None, name: str | None = Non
             licenses=modelcard.data_licenses()))
     write_json(paths.metrics, metrics)
     shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    _finish_launch(trainer)
     return metrics, trainer.model
+
+
+def _finish_launch(trainer) -> None:
+    """Every process waits for the main one's writes, then leaves the process group, as pretrain does. A process
+    that exited early, its group still alive, could abort in gloo's teardown ("terminate called without an active
+    exception"), and the launcher then stopped the main process before it had written the model."""
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 def _eval_start(trainer, kept: Path, resumed: bool) -> float | None:
